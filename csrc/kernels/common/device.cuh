@@ -1,0 +1,203 @@
+// Device primitives shared by the kernel families: element conversion, tensor-core fragments,
+// ldmatrix and cp.async. Written for sm_80+ (mma.sync, cp.async); nothing here is Hopper-only.
+//
+// Fragment layouts (PTX ISA, "mma.m16n8k16" and "mma.m16n8k8"); lane = 4 * g + q:
+//   bf16/fp16 m16n8k16: a = {A[g][2q..], A[g+8][2q..], A[g][2q+8..], A[g+8][2q+8..]} (pairs)
+//                       b = {B[2q..][g], B[2q+8..][g]}                                 (pairs)
+//   tf32      m16n8k8:  a = {A[g][q], A[g+8][q], A[g][q+4], A[g+8][q+4]}
+//                       b = {B[q][g], B[q+4][g]}
+//   both: c = {C[g][2q], C[g][2q+1], C[g+8][2q], C[g+8][2q+1]}
+// fp32 inputs run as 3xTF32 (hi*hi + hi*lo + lo*hi, relative error ~1e-6, "real fp32") unless
+// the caller allows plain TF32.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+
+namespace flashrnn {
+
+using bf16 = __nv_bfloat16;
+using fp16 = __half;
+
+// ---- element conversion --------------------------------------------------------------------
+__device__ __forceinline__ float to_float(float x) { return x; }
+__device__ __forceinline__ float to_float(fp16 x) { return __half2float(x); }
+__device__ __forceinline__ float to_float(bf16 x) { return __bfloat162float(x); }
+
+template <class T> __device__ __forceinline__ T from_float(float x);
+template <> __device__ __forceinline__ float from_float<float>(float x) { return x; }
+template <> __device__ __forceinline__ fp16 from_float<fp16>(float x) { return __float2half_rn(x); }
+template <> __device__ __forceinline__ bf16 from_float<bf16>(float x) { return __float2bfloat16_rn(x); }
+
+// Two consecutive elements (4 bytes for half types, 8 for fp32).
+template <class T> struct Pair;
+template <> struct Pair<float> { using type = float2; };
+template <> struct Pair<fp16> { using type = __half2; };
+template <> struct Pair<bf16> { using type = __nv_bfloat162; };
+
+template <class T>
+__device__ __forceinline__ void load_pair(const T* p, float& a, float& b) {
+  const typename Pair<T>::type v = *reinterpret_cast<const typename Pair<T>::type*>(p);
+  a = to_float(v.x);
+  b = to_float(v.y);
+}
+
+template <class T>
+__device__ __forceinline__ void store_pair(T* p, float a, float b) {
+  typename Pair<T>::type v;
+  v.x = from_float<T>(a);
+  v.y = from_float<T>(b);
+  *reinterpret_cast<typename Pair<T>::type*>(p) = v;
+}
+
+// ---- tensor-core products --------------------------------------------------------------------
+__device__ __forceinline__ uint32_t to_tf32(float x) {
+  uint32_t r;
+  asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
+  return r;
+}
+
+__device__ __forceinline__ void mma_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+// Per storage type: K of one product, fragment loads from memory, the product itself.
+template <class T> struct Mma;
+
+template <class T>
+struct MmaHalf {
+  static constexpr int kK = 16;
+  // A fragment; element (m, k) at p[m * ld + k]; rows g and g + 8 may be masked to zero.
+  __device__ static void load_a(uint32_t (&a)[4], const T* p, int64_t ld, bool row_lo, bool row_hi) {
+    const int g = threadIdx.x % 32 / 4, q = threadIdx.x % 4;
+    const T* lo = p + g * ld + 2 * q;
+    const T* hi = lo + 8 * ld;
+    a[0] = row_lo ? *reinterpret_cast<const uint32_t*>(lo) : 0u;
+    a[1] = row_hi ? *reinterpret_cast<const uint32_t*>(hi) : 0u;
+    a[2] = row_lo ? *reinterpret_cast<const uint32_t*>(lo + 8) : 0u;
+    a[3] = row_hi ? *reinterpret_cast<const uint32_t*>(hi + 8) : 0u;
+  }
+  // B fragment; element (k, n) at p[n * ld + k] (k contiguous).
+  __device__ static void load_b(uint32_t (&b)[2], const T* p, int64_t ld) {
+    const int g = threadIdx.x % 32 / 4, q = threadIdx.x % 4;
+    const T* col = p + g * ld + 2 * q;
+    b[0] = *reinterpret_cast<const uint32_t*>(col);
+    b[1] = *reinterpret_cast<const uint32_t*>(col + 8);
+  }
+  // B fragment; element (k, n) at p[k * ld + n] (n contiguous): two scalar loads per register.
+  __device__ static void load_b_kmajor(uint32_t (&b)[2], const T* p, int64_t ld) {
+    const int g = threadIdx.x % 32 / 4, q = threadIdx.x % 4;
+    const T* e = p + (2 * q) * ld + g;
+    b[0] = pack(e[0], e[ld]);
+    b[1] = pack(e[8 * ld], e[9 * ld]);
+  }
+  __device__ static uint32_t pack(T lo, T hi) {
+    return uint32_t(*reinterpret_cast<const uint16_t*>(&lo)) |
+           (uint32_t(*reinterpret_cast<const uint16_t*>(&hi)) << 16);
+  }
+};
+
+template <>
+struct Mma<bf16> : MmaHalf<bf16> {
+  __device__ static void mma(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], bool) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+  }
+};
+
+template <>
+struct Mma<fp16> : MmaHalf<fp16> {
+  __device__ static void mma(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], bool) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+  }
+};
+
+template <>
+struct Mma<float> {
+  static constexpr int kK = 8;
+  __device__ static void load_a(uint32_t (&a)[4], const float* p, int64_t ld, bool row_lo, bool row_hi) {
+    const int g = threadIdx.x % 32 / 4, q = threadIdx.x % 4;
+    const float* lo = p + g * ld + q;
+    const float* hi = lo + 8 * ld;
+    a[0] = row_lo ? __float_as_uint(lo[0]) : 0u;
+    a[1] = row_hi ? __float_as_uint(hi[0]) : 0u;
+    a[2] = row_lo ? __float_as_uint(lo[4]) : 0u;
+    a[3] = row_hi ? __float_as_uint(hi[4]) : 0u;
+  }
+  __device__ static void load_b(uint32_t (&b)[2], const float* p, int64_t ld) {
+    const int g = threadIdx.x % 32 / 4, q = threadIdx.x % 4;
+    b[0] = __float_as_uint(p[g * ld + q]);
+    b[1] = __float_as_uint(p[g * ld + q + 4]);
+  }
+  __device__ static void load_b_kmajor(uint32_t (&b)[2], const float* p, int64_t ld) {
+    const int g = threadIdx.x % 32 / 4, q = threadIdx.x % 4;
+    b[0] = __float_as_uint(p[q * ld + g]);
+    b[1] = __float_as_uint(p[(q + 4) * ld + g]);
+  }
+  // Fragments hold raw fp32 bits; they are split into TF32 hi + lo here.
+  __device__ static void mma(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], bool tf32) {
+    uint32_t ah[4], bh[2];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) ah[i] = to_tf32(__uint_as_float(a[i]));
+#pragma unroll
+    for (int i = 0; i < 2; ++i) bh[i] = to_tf32(__uint_as_float(b[i]));
+    if (!tf32) {
+      uint32_t al[4], bl[2];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) al[i] = to_tf32(__uint_as_float(a[i]) - __uint_as_float(ah[i]));
+#pragma unroll
+      for (int i = 0; i < 2; ++i) bl[i] = to_tf32(__uint_as_float(b[i]) - __uint_as_float(bh[i]));
+      mma_tf32(d, al, bh);
+      mma_tf32(d, ah, bl);
+    }
+    mma_tf32(d, ah, bh);
+  }
+};
+
+// ---- shared memory -------------------------------------------------------------------------
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// Four 8x8 matrices of 16-byte rows; this lane gives the address of row (lane % 8) of matrix
+// (lane / 8). As an A fragment from a row-major [m][k] tile: row = lane % 16, byte column
+// 16 * (lane / 16) of a 32-byte k slice (16 bf16/fp16 or 8 fp32 values, either type).
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* row) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(row)));
+}
+
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* row) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(row)));
+}
+
+// 16-byte global -> shared copy, zero-filled when !valid (gmem is then not read).
+__device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(smem_addr(smem)), "l"(gmem),
+               "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;"); }
+template <int kPending>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;" ::"n"(kPending));
+}
+
+__host__ __device__ constexpr int round_up(int x, int m) { return (x + m - 1) / m * m; }
+
+}  // namespace flashrnn

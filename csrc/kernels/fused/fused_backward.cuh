@@ -1,0 +1,216 @@
+// Fused backward: one persistent CTA per (head, 16-row batch tile) runs the T steps in reverse.
+//
+// What a CTA owns: R of its head as tensor-core B fragments of the product dg_t R (in registers,
+// loaded once); the carried gradients dL/ds (fp32) and the states s_t of its 16 x D elements.
+// Per step t = T..1: dh_t = dL/dh_t + clip(pointwise term + R^T dg_{t+1}); the cell's backward
+// gives dg_t from the saved values of step t and the states t-1, t; dg_t goes to global memory
+// (it is dWx and feeds dR, db) and to a shared double buffer, from which every warp forms its
+// units' slice of R^T dg_t for the next step (m16n8k16 with the batch as M).
+// The saved values, states t-1 and dL/dstates_t of upcoming steps are prefetched into a shared
+// ring with cp.async. Synchronization: one __syncthreads per step. dR and db are reduced after
+// this kernel (weight_grad.cuh), deterministically.
+#pragma once
+
+#include "../../common/check.h"
+#include "../../common/params.h"
+#include "../cells/all_cells.cuh"
+#include "../common/device.cuh"
+#include "../weight_grad/weight_grad.cuh"
+#include "tuning.h"
+
+namespace flashrnn {
+
+template <class Cell, class T, int kHeadDim>
+__global__ void __launch_bounds__(fused::warps(kHeadDim) * 32, 1)
+    fused_backward_kernel(const BackwardParams p) {
+  static_assert(cells::Cell<Cell>, "see cells/elman.cuh for what a cell must define");
+  using M = Mma<T>;
+  constexpr int kGr = Cell::kGatesR, kGb = Cell::kGatesB, kS = Cell::kStates, kSaved = Cell::kSaved;
+  constexpr int kChunksPerGate = kHeadDim / M::kK;
+  constexpr int kChunks = kGr * kChunksPerGate;  // K = Gr * D of R^T dg
+  constexpr int kChains = kChunks < 4 ? kChunks : 4;  // independent accumulators for MMA latency
+  constexpr fused::Layout L = fused::backward_layout(kHeadDim, sizeof(T), kGr, kSaved, kS);
+  constexpr int kRows = fused::kBatchTile;
+  constexpr int kSubRows = kSaved + 2 * kS;  // per batch row of a ring slot: saved, s_{t-1}, dL/ds_t
+
+  extern __shared__ __align__(128) unsigned char smem[];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
+  const int64_t B = p.batch, steps = p.steps, N = p.heads, D = p.head_dim, ND = N * D;
+  const int64_t n = blockIdx.x, b0 = int64_t(blockIdx.y) * kRows;
+  const int unit = warp * 8 + 2 * q;
+  const bool active = warp * 8 < D;
+  const bool row_ok[2] = {active && b0 + g < B, active && b0 + g + 8 < B};
+  const T* r = static_cast<const T*>(p.r);
+  const T* states = static_cast<const T*>(p.states);
+  const T* saved = static_cast<const T*>(p.saved);
+  const T* grad = static_cast<const T*>(p.grad_states);
+  T* dg_out = static_cast<T*>(p.dg);
+  auto state_at = [&](int s, int64_t t, int64_t b) { return ((s * (steps + 1) + t) * B + b) * ND + n * D; };
+
+  // B fragments of R as a [K = (k, i)] x [this warp's 8 input units j] operand: R[k, n, i, j].
+  uint32_t rf[kChunks][2];
+#pragma unroll
+  for (int c = 0; c < kChunks; ++c) {
+    const int k = c / kChunksPerGate, i0 = c % kChunksPerGate * M::kK;
+    rf[c][0] = rf[c][1] = 0u;
+    if (active && i0 < D) M::load_b_kmajor(rf[c], r + ((k * N + n) * D + i0) * D + warp * 8, D);
+  }
+
+  auto dg_row = [&](int buf, int row) { return reinterpret_cast<T*>(smem + (buf * kRows + row) * L.a_row); };
+  // Columns past D are never read (their chunks are skipped), but start from finite values.
+  for (int i = threadIdx.x; i < 2 * kRows * L.a_row / 4; i += blockDim.x) reinterpret_cast<uint32_t*>(smem)[i] = 0u;
+
+  float st[2][2][kS];  // s_t, [row][unit][state]
+  float dsc[2][2][kS];  // dL/ds_t through paths other than R (cell-defined), fp32
+#pragma unroll
+  for (int rr = 0; rr < 2; ++rr)
+#pragma unroll
+    for (int s = 0; s < kS; ++s) {
+      st[rr][0][s] = st[rr][1][s] = dsc[rr][0][s] = dsc[rr][1][s] = 0.f;
+      if (row_ok[rr]) load_pair(states + state_at(s, steps, b0 + g + 8 * rr) + unit, st[rr][0][s], st[rr][1][s]);
+    }
+
+  // Step t's tile -> ring slot t % stages: per batch row, saved[t-1] (K rows), states[:, t-1]
+  // (S rows), grad_states[:, t] (S rows), each head_dim wide.
+  constexpr int kCopiesPerRow = kHeadDim * int(sizeof(T)) / 16;
+  auto prefetch = [&](int64_t t) {
+    if (t < 1) return;
+    unsigned char* slot = smem + L.ring_offset + int(t % L.stages) * kRows * L.ring_row;
+    for (int i = threadIdx.x; i < kRows * kSubRows * kCopiesPerRow; i += blockDim.x) {
+      const int row = i / (kSubRows * kCopiesPerRow), sub = i / kCopiesPerRow % kSubRows, c = i % kCopiesPerRow;
+      const int64_t b = b0 + row, col = int64_t(c) * 16 / sizeof(T);
+      const bool valid = b < B && col < D;
+      const T* src = states;
+      if (valid) {
+        if (sub < kSaved) src = saved + (((t - 1) * B + b) * kSaved + sub) * ND + n * D + col;
+        else if (sub < kSaved + kS) src = states + state_at(sub - kSaved, t - 1, b) + col;
+        else src = grad + state_at(sub - kSaved - kS, t, b) + col;
+      }
+      cp_async_16(slot + row * L.ring_row + (sub * kHeadDim + col) * sizeof(T), src, valid);
+    }
+  };
+  // Ring invariant: at the barrier ending step t, slots t-1 .. t-stages+1 are filled or in
+  // flight; slot t is free once that barrier has passed.
+  for (int s = 0; s < L.stages; ++s) {
+    prefetch(steps - s);
+    cp_async_commit();
+  }
+  cp_async_wait<L.stages - 1>();
+  __syncthreads();
+
+  // dh_rec = dg_{t+1} R (this warp's 8 units j, 16 batch rows), read from dg buffer `buf`.
+  auto recurrent_product = [&](int buf, float (&out)[4]) {
+    float acc[kChains][4] = {};
+    const unsigned char* a_src = reinterpret_cast<const unsigned char*>(dg_row(buf, lane & 15)) + (lane >> 4) * 16;
+#pragma unroll
+    for (int c = 0; c < kChunks; ++c) {
+      if (c % kChunksPerGate * M::kK >= D) continue;
+      uint32_t a[4];
+      ldmatrix_x4(a, a_src + c * 32);
+      M::mma(acc[c % kChains], a, rf[c], p.allow_tf32);
+    }
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      out[e] = 0.f;
+#pragma unroll
+      for (int ch = 0; ch < kChains; ++ch) out[e] += acc[ch][e];
+    }
+  };
+  const float clip = p.recurrent_clip_value;
+  auto carried = [&](float rec, float pointwise) {
+    const float v = rec + pointwise;
+    return p.recurrent_clip ? fminf(fmaxf(v, -clip), clip) : v;
+  };
+
+  for (int64_t t = steps; t >= 1; --t) {
+    if (active) {
+      float rec[4] = {};
+      if (t < steps && !p.recurrent_cut) recurrent_product((t + 1) & 1, rec);
+      const unsigned char* slot = smem + L.ring_offset + int(t % L.stages) * kRows * L.ring_row;
+#pragma unroll
+      for (int rr = 0; rr < 2; ++rr) {
+        const T* srow = reinterpret_cast<const T*>(slot + (g + 8 * rr) * L.ring_row) + unit;
+        float sv[kSaved][2], sp[kS][2], gs[kS][2];
+#pragma unroll
+        for (int k = 0; k < kSaved; ++k) load_pair(srow + k * kHeadDim, sv[k][0], sv[k][1]);
+#pragma unroll
+        for (int s = 0; s < kS; ++s) {
+          load_pair(srow + (kSaved + s) * kHeadDim, sp[s][0], sp[s][1]);
+          load_pair(srow + (kSaved + kS + s) * kHeadDim, gs[s][0], gs[s][1]);
+        }
+        float dg[2][kGb];
+#pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          float svu[kSaved], spu[kS], ds[kS];
+#pragma unroll
+          for (int k = 0; k < kSaved; ++k) svu[k] = sv[k][u];
+#pragma unroll
+          for (int s = 0; s < kS; ++s) {
+            spu[s] = sp[s][u];
+            ds[s] = dsc[rr][u][s] + gs[s][u];
+          }
+          ds[0] = carried(rec[2 * rr + u], dsc[rr][u][0]) + gs[0][u];
+          Cell::backward(svu, spu, st[rr][u], ds, dg[u]);
+#pragma unroll
+          for (int s = 0; s < kS; ++s) {
+            dsc[rr][u][s] = ds[s];
+            st[rr][u][s] = spu[s];
+          }
+          if (!row_ok[rr]) {
+#pragma unroll
+            for (int k = 0; k < kGb; ++k) dg[u][k] = 0.f;
+          }
+        }
+#pragma unroll
+        for (int k = 0; k < kGr; ++k) store_pair(dg_row(t & 1, g + 8 * rr) + k * kHeadDim + unit, dg[0][k], dg[1][k]);
+        if (row_ok[rr]) {
+          const int64_t b = b0 + g + 8 * rr;
+#pragma unroll
+          for (int k = 0; k < kGb; ++k)
+            store_pair(dg_out + (((t - 1) * B + b) * kGb + k) * ND + n * D + unit, dg[0][k], dg[1][k]);
+        }
+      }
+    }
+    cp_async_wait<L.stages - 2>();
+    __syncthreads();  // dg_t and ring slot t-1 are visible; slot t is free
+    prefetch(t - L.stages);
+    cp_async_commit();
+  }
+  cp_async_wait<0>();
+
+  // dL/ds_0 = what reaches the initial states: carried paths + the gradient on states[:, 0].
+  if (!active) return;
+  float rec[4] = {};
+  if (steps >= 1 && !p.recurrent_cut) recurrent_product(1, rec);
+  T* d0 = static_cast<T*>(p.dstates0);
+#pragma unroll
+  for (int rr = 0; rr < 2; ++rr) {
+    if (!row_ok[rr]) continue;
+    const int64_t b = b0 + g + 8 * rr;
+#pragma unroll
+    for (int s = 0; s < kS; ++s) {
+      float g0, g1;
+      load_pair(grad + state_at(s, 0, b) + unit, g0, g1);
+      float v0 = dsc[rr][0][s], v1 = dsc[rr][1][s];
+      if (s == 0) {
+        v0 = carried(rec[2 * rr], v0);
+        v1 = carried(rec[2 * rr + 1], v1);
+      }
+      store_pair(d0 + (s * B + b) * ND + n * D + unit, v0 + g0, v1 + g1);
+    }
+  }
+}
+
+template <class Cell, class T, int kHeadDim>
+void launch_fused_backward(const BackwardParams& p, cudaStream_t stream) {
+  constexpr fused::Layout L =
+      fused::backward_layout(kHeadDim, sizeof(T), Cell::kGatesR, Cell::kSaved, Cell::kStates);
+  auto kernel = fused_backward_kernel<Cell, T, kHeadDim>;
+  FLASHRNN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, L.bytes));
+  const dim3 grid(unsigned(p.heads), unsigned((p.batch + fused::kBatchTile - 1) / fused::kBatchTile));
+  kernel<<<grid, fused::warps(kHeadDim) * 32, L.bytes, stream>>>(p);
+  FLASHRNN_CHECK_LAUNCH("fused_backward_kernel");
+  launch_weight_grad<T>(p, Cell::kGatesR, Cell::kGatesB, p.workspace, stream);
+}
+
+}  // namespace flashrnn

@@ -1,0 +1,162 @@
+// Fused forward: one persistent CTA per (head, 16-row batch tile) runs all T steps.
+//
+// What a CTA owns: the head's whole R (Gr x D x D) as tensor-core B fragments in registers,
+// loaded once; biases and the fp32 states (h, c, n, m) of its 16 x D elements in registers.
+// Per step: h_{t-1} (dtype) is read from a shared double buffer with ldmatrix, each warp
+// multiplies it by its 8-unit slice of every gate's R (m16n8k16; 3xTF32 for fp32), adds Wx_t
+// (prefetched into a shared ring with cp.async, 2-4 steps ahead) and the bias, runs the cell,
+// writes h_t to the other shared buffer and the states/saved values to global memory.
+// Synchronization: one __syncthreads per step (it publishes h_t and the Wx ring slot).
+// Shared memory: tuning.h forward_layout (<= 200 KB).
+#pragma once
+
+#include "../../common/check.h"
+#include "../../common/params.h"
+#include "../cells/all_cells.cuh"
+#include "../common/device.cuh"
+#include "tuning.h"
+
+namespace flashrnn {
+
+template <class Cell, class T, int kHeadDim>
+__global__ void __launch_bounds__(fused::warps(kHeadDim) * 32, 1)
+    fused_forward_kernel(const ForwardParams p) {
+  static_assert(cells::Cell<Cell>, "see cells/elman.cuh for what a cell must define");
+  using M = Mma<T>;
+  constexpr int kGr = Cell::kGatesR, kGw = Cell::kGatesW, kGb = Cell::kGatesB;
+  constexpr int kS = Cell::kStates, kSaved = Cell::kSaved;
+  constexpr int kChunks = kHeadDim / M::kK;
+  constexpr fused::Layout L = fused::forward_layout(kHeadDim, sizeof(T), kGw);
+  constexpr int kRows = fused::kBatchTile;
+
+  extern __shared__ __align__(128) unsigned char smem[];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
+  const int64_t B = p.batch, steps = p.steps, N = p.heads, D = p.head_dim, ND = N * D;
+  const int64_t n = blockIdx.x, b0 = int64_t(blockIdx.y) * kRows;
+  const int unit = warp * 8 + 2 * q;  // this lane's units: unit, unit + 1
+  const bool active = warp * 8 < D;   // warp-uniform; warps past D are bucket padding
+  const bool row_ok[2] = {active && b0 + g < B, active && b0 + g + 8 < B};
+  const T* wx = static_cast<const T*>(p.wx);
+  const T* r = static_cast<const T*>(p.r);
+  const T* bias = static_cast<const T*>(p.bias);
+  T* states = static_cast<T*>(p.states);
+  T* saved = static_cast<T*>(p.saved);
+  auto state_at = [&](int s, int64_t t, int64_t b) { return ((s * (steps + 1) + t) * B + b) * ND + n * D + unit; };
+
+  // R_k^T as B fragments: element (j, i) = R[k, n, i, j] for this warp's output units i.
+  uint32_t rf[kGr][kChunks][2];
+#pragma unroll
+  for (int k = 0; k < kGr; ++k)
+#pragma unroll
+    for (int c = 0; c < kChunks; ++c) {
+      rf[k][c][0] = rf[k][c][1] = 0u;
+      if (active && c * M::kK < D) M::load_b(rf[k][c], r + ((k * N + n) * D + warp * 8) * D + c * M::kK, D);
+    }
+
+  float bb[kGb][2];
+#pragma unroll
+  for (int k = 0; k < kGb; ++k) {
+    bb[k][0] = bb[k][1] = 0.f;
+    if (active) load_pair(bias + (k * N + n) * D + unit, bb[k][0], bb[k][1]);
+  }
+
+  float st[2][2][kS];  // [row][unit][state], fp32 for the whole sequence
+#pragma unroll
+  for (int rr = 0; rr < 2; ++rr)
+#pragma unroll
+    for (int s = 0; s < kS; ++s) {
+      st[rr][0][s] = st[rr][1][s] = 0.f;
+      if (row_ok[rr]) load_pair(states + state_at(s, 0, b0 + g + 8 * rr), st[rr][0][s], st[rr][1][s]);
+    }
+
+  auto h_row = [&](int buf, int row) {
+    return reinterpret_cast<T*>(smem + (buf * kRows + row) * L.a_row);
+  };
+#pragma unroll
+  for (int buf = 0; buf < 2; ++buf)
+#pragma unroll
+    for (int rr = 0; rr < 2; ++rr) store_pair(h_row(buf, g + 8 * rr) + unit, st[rr][0][0], st[rr][1][0]);
+
+  // Wx_t tile -> ring slot t % stages: 16 rows x Gw gates x D values, in 16-byte copies.
+  constexpr int kCopiesPerGate = kHeadDim * int(sizeof(T)) / 16;
+  auto prefetch = [&](int64_t t) {
+    if (t >= steps) return;
+    unsigned char* slot = smem + L.ring_offset + int(t % L.stages) * kRows * L.ring_row;
+    for (int i = threadIdx.x; i < kRows * kGw * kCopiesPerGate; i += blockDim.x) {
+      const int row = i / (kGw * kCopiesPerGate), k = i / kCopiesPerGate % kGw, c = i % kCopiesPerGate;
+      const int64_t b = b0 + row, col = int64_t(c) * 16 / sizeof(T);
+      const bool valid = b < B && col < D;
+      const T* src = valid ? wx + b * p.wx_stride_b + t * p.wx_stride_t + k * ND + n * D + col : wx;
+      cp_async_16(slot + row * L.ring_row + (k * kHeadDim + col) * sizeof(T), src, valid);
+    }
+  };
+  for (int s = 0; s < L.stages - 1; ++s) {
+    prefetch(s);
+    cp_async_commit();
+  }
+
+  const float clip = p.forward_clip_value;
+  for (int64_t t = 0; t < steps; ++t) {
+    cp_async_wait<L.stages - 2>();
+    __syncthreads();  // h_t-1 and the Wx_t slot are visible; slot (t-1) may be refilled
+    prefetch(t + L.stages - 1);
+    cp_async_commit();
+    if (!active) continue;
+
+    float acc[kGr][4] = {};
+    const unsigned char* a_src = reinterpret_cast<const unsigned char*>(h_row(t & 1, lane & 15)) + (lane >> 4) * 16;
+#pragma unroll
+    for (int c = 0; c < kChunks; ++c) {
+      if (c * M::kK >= D) break;
+      uint32_t a[4];
+      ldmatrix_x4(a, a_src + c * 32);
+#pragma unroll
+      for (int k = 0; k < kGr; ++k) M::mma(acc[k], a, rf[k][c], p.allow_tf32);
+    }
+
+    const unsigned char* slot = smem + L.ring_offset + int(t % L.stages) * kRows * L.ring_row;
+#pragma unroll
+    for (int rr = 0; rr < 2; ++rr) {
+      const T* wx_row = reinterpret_cast<const T*>(slot + (g + 8 * rr) * L.ring_row) + unit;
+      float w[kGw][2];
+#pragma unroll
+      for (int k = 0; k < kGw; ++k) load_pair(wx_row + k * kHeadDim, w[k][0], w[k][1]);
+      float sv[2][kSaved];
+#pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        float rh[kGr], wu[kGw], bu[kGb];
+#pragma unroll
+        for (int k = 0; k < kGr; ++k) rh[k] = acc[k][2 * rr + u];
+#pragma unroll
+        for (int k = 0; k < kGw; ++k) wu[k] = w[k][u];
+#pragma unroll
+        for (int k = 0; k < kGb; ++k) bu[k] = bb[k][u];
+        Cell::forward(rh, wu, bu, st[rr][u], sv[u]);
+        if (p.forward_clip) st[rr][u][0] = fminf(fmaxf(st[rr][u][0], -clip), clip);
+      }
+      store_pair(h_row((t + 1) & 1, g + 8 * rr) + unit, st[rr][0][0], st[rr][1][0]);
+      if (!row_ok[rr]) continue;
+      const int64_t b = b0 + g + 8 * rr;
+#pragma unroll
+      for (int s = 0; s < kS; ++s) store_pair(states + state_at(s, t + 1, b), st[rr][0][s], st[rr][1][s]);
+      if (saved != nullptr) {
+#pragma unroll
+        for (int k = 0; k < kSaved; ++k)
+          store_pair(saved + ((t * B + b) * kSaved + k) * ND + n * D + unit, sv[0][k], sv[1][k]);
+      }
+    }
+  }
+  cp_async_wait<0>();
+}
+
+template <class Cell, class T, int kHeadDim>
+void launch_fused_forward(const ForwardParams& p, cudaStream_t stream) {
+  constexpr fused::Layout L = fused::forward_layout(kHeadDim, sizeof(T), Cell::kGatesW);
+  auto kernel = fused_forward_kernel<Cell, T, kHeadDim>;
+  FLASHRNN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, L.bytes));
+  const dim3 grid(unsigned(p.heads), unsigned((p.batch + fused::kBatchTile - 1) / fused::kBatchTile));
+  kernel<<<grid, fused::warps(kHeadDim) * 32, L.bytes, stream>>>(p);
+  FLASHRNN_CHECK_LAUNCH("fused_forward_kernel");
+}
+
+}  // namespace flashrnn

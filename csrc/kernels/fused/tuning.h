@@ -1,0 +1,74 @@
+// Tile and shared-memory choices of the fused family, shared by the kernels and the launchers
+// (host and device), so the two cannot disagree.
+#pragma once
+
+namespace flashrnn::fused {
+
+constexpr int kBatchTile = 16;         // batch rows per CTA: the M of one m16n8k16 product
+constexpr int kSmemBudget = 200 * 1024;  // of the 227 KB an H100/A100 CTA may opt into
+
+// One warp per 8 hidden units: a warp owns units [8w, 8w + 8) of its head for every gate, so the
+// pointwise step needs no exchange, and each lane holds 2 units x 2 batch rows.
+constexpr int warps(int head_dim) { return head_dim / 8; }
+
+constexpr int round_up_c(int x, int m) { return (x + m - 1) / m * m; }
+
+// A shared-memory row of `elems` values: padded so that consecutive rows start 8 elements apart
+// modulo 128 bytes, which keeps pair accesses (lanes g = 0..7 on 8 rows) and ldmatrix row reads
+// free of bank conflicts.
+constexpr int row_bytes(int elems, int esize) { return round_up_c(elems * esize, 128) + 8 * esize; }
+
+constexpr int stages_for(int fixed_bytes, int stage_bytes) {
+  const int s = (kSmemBudget - fixed_bytes) / stage_bytes;
+  return s < 2 ? 2 : (s > 4 ? 4 : s);
+}
+
+struct Layout {
+  int a_row;        // bytes per batch row of the exchanged operand (h forward, dg backward)
+  int ring_row;     // bytes per batch row of one prefetched step
+  int stages;       // prefetch ring depth
+  int ring_offset;  // where the ring starts
+  int bytes;        // dynamic shared memory of the CTA
+};
+
+// Forward: h double buffer [2][16][head_dim], ring of Wx_t tiles [stages][16][Gw * head_dim].
+constexpr Layout forward_layout(int head_dim, int esize, int gates_w) {
+  Layout l{};
+  l.a_row = row_bytes(head_dim, esize);
+  l.ring_row = row_bytes(gates_w * head_dim, esize);
+  l.ring_offset = 2 * kBatchTile * l.a_row;
+  l.stages = stages_for(l.ring_offset, kBatchTile * l.ring_row);
+  l.bytes = l.ring_offset + l.stages * kBatchTile * l.ring_row;
+  return l;
+}
+
+// Backward: dg double buffer [2][16][Gr * head_dim], ring of per-step tiles
+// [stages][16][(K + 2S) * head_dim]: saved values of step t, states t-1, dL/dstates t.
+constexpr Layout backward_layout(int head_dim, int esize, int gates_r, int saved, int states) {
+  Layout l{};
+  l.a_row = row_bytes(gates_r * head_dim, esize);
+  l.ring_row = row_bytes((saved + 2 * states) * head_dim, esize);
+  l.ring_offset = 2 * kBatchTile * l.a_row;
+  l.stages = stages_for(l.ring_offset, kBatchTile * l.ring_row);
+  l.bytes = l.ring_offset + l.stages * kBatchTile * l.ring_row;
+  return l;
+}
+
+// Head-dim buckets compiled for the fused family. A head dim that is a multiple of 16 runs in
+// the smallest bucket that holds it (the tail of the bucket is masked). R of one head lives in
+// registers: Gr * D^2 values over D/8 warps, i.e. Gr * D / 8 values per lane (128 bf16 for
+// LSTM at D = 128; 128 fp32 at D = 64), which sets the largest bucket per dtype.
+constexpr int kBucketsHalf[] = {16, 32, 64, 128};
+constexpr int kBucketsFloat[] = {16, 32, 64};
+
+constexpr int bucket_for(int head_dim, bool is_float) {
+  if (head_dim <= 0 || head_dim % 16 != 0) return 0;
+  if (is_float) {
+    for (int b : kBucketsFloat) if (head_dim <= b) return b;
+  } else {
+    for (int b : kBucketsHalf) if (head_dim <= b) return b;
+  }
+  return 0;
+}
+
+}  // namespace flashrnn::fused

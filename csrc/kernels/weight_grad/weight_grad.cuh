@@ -1,0 +1,173 @@
+// Weight gradients after the recurrent backward, shared by both families. Deterministic: every
+// output element is summed by one thread in a fixed order (no atomics).
+//
+//   dR[k, n, i, j] = sum_r dg[r, k, n, i] * h[r, n, j]     r = t * B + b over the T * B rows,
+//   db[k, n, i]    = sum_r dg[r, k, n, i]                  h = states[0, 0..T-1] (the h_{t-1})
+//
+// dR is a per-head GEMM (M = Gr * D, N = D, K = T * B) on tensor cores: 64 x 64 tiles, 4 warps
+// of 32 x 32, K in chunks of 32 rows double-buffered with cp.async; fp32 runs as 3xTF32.
+// db is a column sum in two passes: fixed row ranges into fp32 partials, then their sum.
+#pragma once
+
+#include <type_traits>
+
+#include "../../common/check.h"
+#include "../../common/params.h"
+#include "../common/device.cuh"
+#include "sizes.h"
+
+namespace flashrnn {
+
+namespace weight_grad {
+constexpr int kTile = 64, kChunk = 32, kThreads = 128;
+}  // namespace weight_grad
+
+template <class T>
+__global__ void __launch_bounds__(weight_grad::kThreads)
+    weight_grad_r_kernel(const T* __restrict__ dg, const T* __restrict__ h, T* __restrict__ dr,
+                         int64_t rows, int64_t N, int64_t D, int gates_r, int gates_b, bool tf32) {
+  using namespace weight_grad;
+  constexpr int kPad = 8;  // row = 64 + 8 elements: ldmatrix / scalar reads without bank conflicts
+  constexpr int kRow = kTile + kPad;
+  constexpr int kE = 16 / sizeof(T);  // elements per 16-byte copy
+  __shared__ __align__(16) T a_s[2][kChunk][kRow];  // a_s[k][m] = dg[r0 + k, m]
+  __shared__ __align__(16) T b_s[2][kChunk][kRow];  // b_s[k][j] = h[r0 + k, j]
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
+  const int64_t n = blockIdx.z, m0 = int64_t(blockIdx.x) * kTile, j0 = int64_t(blockIdx.y) * kTile;
+  const int64_t M = int64_t(gates_r) * D, ND = N * D;
+  const int wm = warp / 2 * 32, wn = warp % 2 * 32;  // this warp's 32 x 32 corner
+
+  auto load_chunk = [&](int buf, int64_t r0) {
+    for (int i = threadIdx.x; i < kChunk * kTile / kE; i += kThreads) {
+      const int kk = i / (kTile / kE), col = i % (kTile / kE) * kE;
+      const int64_t r = r0 + kk, m = m0 + col, j = j0 + col;
+      const bool ra = r < rows && m < M, rb = r < rows && j < D;
+      const T* sa = ra ? dg + (r * gates_b + m / D) * ND + n * D + m % D : dg;
+      const T* sb = rb ? h + r * ND + n * D + j : h;
+      cp_async_16(&a_s[buf][kk][col], sa, ra);
+      cp_async_16(&b_s[buf][kk][col], sb, rb);
+    }
+  };
+
+  float acc[2][4][4] = {};
+  const int64_t chunks = (rows + kChunk - 1) / kChunk;
+  load_chunk(0, 0);
+  cp_async_commit();
+  for (int64_t c = 0; c < chunks; ++c) {
+    if (c + 1 < chunks) load_chunk((c + 1) & 1, (c + 1) * kChunk);
+    cp_async_commit();
+    cp_async_wait<1>();
+    __syncthreads();
+    const int buf = c & 1;
+    if constexpr (std::is_same_v<T, float>) {
+#pragma unroll
+      for (int k0 = 0; k0 < kChunk; k0 += 8) {
+        uint32_t a[2][4], b[4][2];
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt) {
+          const int m = wm + mt * 16 + g;
+          a[mt][0] = __float_as_uint(a_s[buf][k0 + q][m]);
+          a[mt][1] = __float_as_uint(a_s[buf][k0 + q][m + 8]);
+          a[mt][2] = __float_as_uint(a_s[buf][k0 + q + 4][m]);
+          a[mt][3] = __float_as_uint(a_s[buf][k0 + q + 4][m + 8]);
+        }
+#pragma unroll
+        for (int nt = 0; nt < 4; ++nt) {
+          b[nt][0] = __float_as_uint(b_s[buf][k0 + q][wn + nt * 8 + g]);
+          b[nt][1] = __float_as_uint(b_s[buf][k0 + q + 4][wn + nt * 8 + g]);
+        }
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+          for (int nt = 0; nt < 4; ++nt) Mma<float>::mma(acc[mt][nt], a[mt], b[nt], tf32);
+      }
+    } else {
+#pragma unroll
+      for (int k0 = 0; k0 < kChunk; k0 += 16) {
+        uint32_t a[2][4], b[4][2];
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt)
+          ldmatrix_x4_trans(a[mt], &a_s[buf][k0 + (lane >> 4) * 8 + (lane & 7)][wm + mt * 16 + (lane >> 3 & 1) * 8]);
+#pragma unroll
+        for (int np = 0; np < 2; ++np) {
+          uint32_t r4[4];
+          ldmatrix_x4_trans(r4, &b_s[buf][k0 + (lane >> 3 & 1) * 8 + (lane & 7)][wn + np * 16 + (lane >> 4) * 8]);
+          b[2 * np][0] = r4[0]; b[2 * np][1] = r4[1];
+          b[2 * np + 1][0] = r4[2]; b[2 * np + 1][1] = r4[3];
+        }
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+          for (int nt = 0; nt < 4; ++nt) Mma<T>::mma(acc[mt][nt], a[mt], b[nt], tf32);
+      }
+    }
+    __syncthreads();  // the next iteration refills the buffer just read
+  }
+  cp_async_wait<0>();
+
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int64_t m = m0 + wm + mt * 16 + g + 8 * half;
+      if (m >= M) continue;
+      T* out = dr + ((m / D) * N + n) * D * D + (m % D) * D;
+#pragma unroll
+      for (int nt = 0; nt < 4; ++nt) {
+        const int64_t j = j0 + wn + nt * 8 + 2 * q;
+        if (j < D) store_pair(out + j, acc[mt][nt][2 * half], acc[mt][nt][2 * half + 1]);
+      }
+    }
+}
+
+template <class T>
+__global__ void bias_grad_partial_kernel(const T* __restrict__ dg, float* __restrict__ partial,
+                                         int64_t rows, int64_t cols, int64_t rows_per_part) {
+  const int64_t col = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (col >= cols) return;
+  const int64_t r_begin = blockIdx.y * rows_per_part;
+  const int64_t r_end = r_begin + rows_per_part < rows ? r_begin + rows_per_part : rows;
+  float s[4] = {};
+  int64_t r = r_begin;
+  for (; r + 4 <= r_end; r += 4)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) s[i] += to_float(dg[(r + i) * cols + col]);
+  for (; r < r_end; ++r) s[0] += to_float(dg[r * cols + col]);
+  partial[blockIdx.y * cols + col] = (s[0] + s[1]) + (s[2] + s[3]);
+}
+
+template <class T>
+__global__ void bias_grad_final_kernel(const float* __restrict__ partial, T* __restrict__ db,
+                                       int64_t parts, int64_t cols) {
+  const int64_t col = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (col >= cols) return;
+  float s = 0.f;
+  for (int64_t p = 0; p < parts; ++p) s += partial[p * cols + col];
+  db[col] = from_float<T>(s);
+}
+
+// dR and db from dg (p.dg) and the states (p.states); `partials` holds
+// bias_parts(T * B) * Gb * N * D floats.
+template <class T>
+void launch_weight_grad(const BackwardParams& p, int gates_r, int gates_b, float* partials, cudaStream_t stream) {
+  using namespace weight_grad;
+  const int64_t rows = p.steps * p.batch, D = p.head_dim, N = p.heads;
+  const T* dg = static_cast<const T*>(p.dg);
+  const dim3 grid(unsigned((gates_r * D + kTile - 1) / kTile), unsigned((D + kTile - 1) / kTile), unsigned(N));
+  weight_grad_r_kernel<T><<<grid, kThreads, 0, stream>>>(dg, static_cast<const T*>(p.states),
+                                                          static_cast<T*>(p.dr), rows, N, D, gates_r,
+                                                          gates_b, p.allow_tf32);
+  FLASHRNN_CHECK_LAUNCH("weight_grad_r_kernel");
+
+  const int64_t cols = gates_b * N * D, parts = bias_parts(rows);
+  const int64_t per_part = (rows + parts - 1) / parts;
+  const dim3 pgrid(unsigned((cols + 127) / 128), unsigned(parts));
+  bias_grad_partial_kernel<T><<<pgrid, 128, 0, stream>>>(dg, partials, rows, cols, per_part);
+  FLASHRNN_CHECK_LAUNCH("bias_grad_partial_kernel");
+  bias_grad_final_kernel<T><<<unsigned((cols + 127) / 128), 128, 0, stream>>>(
+      partials, static_cast<T*>(p.dbias), parts, cols);
+  FLASHRNN_CHECK_LAUNCH("bias_grad_final_kernel");
+}
+
+}  // namespace flashrnn

@@ -1,0 +1,129 @@
+// Maps (family, cell, dtype, head dim) to a compiled launcher, and sizes the scratch buffers.
+#include "core.h"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "../common/check.h"
+#include "../kernels/fused/tuning.h"
+#include "../kernels/weight_grad/sizes.h"
+#include "launchers.h"
+
+namespace flashrnn {
+
+namespace {
+
+// Cell constants, mirrored from the cell headers (csrc/kernels/cells) so this TU stays host-only;
+// a test compares them with python/flashrnn/_cells.py.
+CellInfo info_of(CellKind cell) {
+  switch (cell) {
+    case CellKind::kLstm: return {"lstm", 4, 4, 4, 2, 4};
+    case CellKind::kGru: return {"gru", 3, 3, 4, 1, 4};
+    case CellKind::kElman: return {"elman", 1, 1, 1, 1, 1};
+    case CellKind::kSlstm: return {"slstm", 4, 4, 4, 4, 5};
+  }
+  throw Error("flashrnn: unknown cell code " + std::to_string(int(cell)));
+}
+
+template <class T, class F>
+void with_cell(CellKind cell, F&& f) {
+  switch (cell) {
+    case CellKind::kLstm: return f.template operator()<cells::Lstm, T>();
+    case CellKind::kGru: return f.template operator()<cells::Gru, T>();
+    case CellKind::kElman: return f.template operator()<cells::Elman, T>();
+    case CellKind::kSlstm: return f.template operator()<cells::Slstm, T>();
+  }
+  throw Error("flashrnn: unknown cell code " + std::to_string(int(cell)));
+}
+
+template <class F>
+void with_cell_and_dtype(CellKind cell, DType dtype, F&& f) {
+  switch (dtype) {
+    case DType::kFloat32: return with_cell<float>(cell, f);
+    case DType::kFloat16: return with_cell<__half>(cell, f);
+    case DType::kBFloat16: return with_cell<__nv_bfloat16>(cell, f);
+  }
+  throw Error("flashrnn: unknown dtype code " + std::to_string(int(dtype)));
+}
+
+// Calls f.template operator()<kHeadDim>() for a compiled bucket.
+template <class F>
+void with_bucket(int bucket, bool is_float, F&& f) {
+  switch (bucket) {
+    case 16: return f.template operator()<16>();
+    case 32: return f.template operator()<32>();
+    case 64: return f.template operator()<64>();
+    case 128:
+      if (!is_float) return f.template operator()<128>();
+      break;
+  }
+  throw Error("flashrnn: no fused kernel for head-dim bucket " + std::to_string(bucket));
+}
+
+void set_device(int device) { FLASHRNN_CUDA_CHECK(cudaSetDevice(device)); }
+
+void check_head_dim(int64_t head_dim) {
+  FLASHRNN_CHECK(head_dim > 0 && head_dim % 16 == 0, "head_dim " << head_dim << " is not a multiple of 16");
+}
+
+}  // namespace
+
+CellInfo cell_info(CellKind cell) { return info_of(cell); }
+
+int fused_bucket(CellKind cell, DType dtype, int64_t head_dim) {
+  (void)info_of(cell);
+  if (head_dim > 1 << 20) return 0;
+  return fused::bucket_for(int(head_dim), dtype == DType::kFloat32);
+}
+
+std::vector<int> fused_buckets(DType dtype) {
+  if (dtype == DType::kFloat32) return {std::begin(fused::kBucketsFloat), std::end(fused::kBucketsFloat)};
+  return {std::begin(fused::kBucketsHalf), std::end(fused::kBucketsHalf)};
+}
+
+int64_t forward_workspace_floats(Family family, CellKind cell, int64_t batch, int64_t heads, int64_t head_dim) {
+  // The alternating family carries the fp32 states between launches; the fused one in registers.
+  return family == Family::kAlternating ? info_of(cell).states * batch * heads * head_dim : 0;
+}
+
+int64_t backward_workspace_floats(Family family, CellKind cell, int64_t batch, int64_t steps, int64_t heads,
+                                  int64_t head_dim) {
+  const CellInfo c = info_of(cell);
+  const int64_t partials = weight_grad::bias_parts(steps * batch) * c.gates_b * heads * head_dim;
+  const int64_t carry = family == Family::kAlternating ? c.states * batch * heads * head_dim : 0;
+  return carry + partials;
+}
+
+int64_t backward_rt_elements(Family family, CellKind cell, int64_t heads, int64_t head_dim) {
+  return family == Family::kAlternating ? info_of(cell).gates_r * heads * head_dim * head_dim : 0;
+}
+
+void forward(Family family, CellKind cell, DType dtype, int device, const ForwardParams& p, cudaStream_t stream) {
+  check_head_dim(p.head_dim);
+  set_device(device);
+  if (family == Family::kAlternating) {
+    with_cell_and_dtype(cell, dtype, [&]<class C, class T>() { launch_alternating_forward<C, T>(p, stream); });
+    return;
+  }
+  const int bucket = fused_bucket(cell, dtype, p.head_dim);
+  FLASHRNN_CHECK(bucket != 0, "no fused kernel for head_dim " << p.head_dim);
+  with_cell_and_dtype(cell, dtype, [&]<class C, class T>() {
+    with_bucket(bucket, dtype == DType::kFloat32, [&]<int kHeadDim>() { launch_fused_forward<C, T, kHeadDim>(p, stream); });
+  });
+}
+
+void backward(Family family, CellKind cell, DType dtype, int device, const BackwardParams& p, cudaStream_t stream) {
+  check_head_dim(p.head_dim);
+  set_device(device);
+  if (family == Family::kAlternating) {
+    with_cell_and_dtype(cell, dtype, [&]<class C, class T>() { launch_alternating_backward<C, T>(p, stream); });
+    return;
+  }
+  const int bucket = fused_bucket(cell, dtype, p.head_dim);
+  FLASHRNN_CHECK(bucket != 0, "no fused kernel for head_dim " << p.head_dim);
+  with_cell_and_dtype(cell, dtype, [&]<class C, class T>() {
+    with_bucket(bucket, dtype == DType::kFloat32, [&]<int kHeadDim>() { launch_fused_backward<C, T, kHeadDim>(p, stream); });
+  });
+}
+
+}  // namespace flashrnn

@@ -1,0 +1,37 @@
+// The core's host API: what the pybind11 module exposes. No torch types; pointers and sizes only.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "../common/params.h"
+
+namespace flashrnn {
+
+enum class Family : int { kAlternating = 0, kFused = 1 };
+
+struct CellInfo {
+  std::string name;
+  int gates_r, gates_w, gates_b, states, saved;
+};
+
+CellInfo cell_info(CellKind cell);
+
+// The compiled head-dim bucket that runs this head dim fused, or 0 if none does.
+int fused_bucket(CellKind cell, DType dtype, int64_t head_dim);
+std::vector<int> fused_buckets(DType dtype);
+
+// Scratch the launchers need, allocated by the caller (torch) and passed in the params.
+int64_t forward_workspace_floats(Family family, CellKind cell, int64_t batch, int64_t heads, int64_t head_dim);
+int64_t backward_workspace_floats(Family family, CellKind cell, int64_t batch, int64_t steps, int64_t heads,
+                                  int64_t head_dim);
+int64_t backward_rt_elements(Family family, CellKind cell, int64_t heads, int64_t head_dim);
+
+// Launch on `stream` of `device`; nothing is allocated or synchronized.
+void forward(Family family, CellKind cell, DType dtype, int device, const ForwardParams& p, cudaStream_t stream);
+void backward(Family family, CellKind cell, DType dtype, int device, const BackwardParams& p, cudaStream_t stream);
+
+}  // namespace flashrnn

@@ -1,0 +1,186 @@
+"""The torch.library ops: namespace `flashrnn`, one forward and one backward op per cell and
+kernel family, defined from one table so the cells cannot drift apart:
+
+    torch.ops.flashrnn.<cell>_<family>(Wx, R, b, states0, need_saved=True, forward_clipval=None,
+        recurrent_cut=False, recurrent_clipval=None, allow_tf32=False) -> (all_states, saved)
+    torch.ops.flashrnn.<cell>_<family>_backward(grad_states, states, saved, R, recurrent_cut=False,
+        recurrent_clipval=None, allow_tf32=False) -> (dg, dR, db, dstates0)
+
+cell in {lstm, gru, elman, slstm}, family in {alternating, fused}. Internal layouts:
+Wx [B, T, Gw, N, D] (B and T strides free), R [Gr, N, D, D], b [Gb, N, D], states0 [S, B, N, D];
+all_states [S, T + 1, B, N, D] (index 0 = states0), saved [T, B, K, N, D] (empty unless
+need_saved), dg [T, B, Gb, N, D] (dWx = dg[:, :, Gb - Gw:] transposed to [B, T, ...]).
+Each op has a CUDA kernel (the core), a CPU kernel (reference.py math), a fake kernel and
+autograd. The backward options are arguments of the forward op so autograd can see them.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+
+import torch
+
+from . import _core, reference
+from ._cells import CELLS, CellSpec
+
+FAMILIES = {"alternating": 0, "fused": 1}
+DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+
+FORWARD_SCHEMA = ("(Tensor Wx, Tensor R, Tensor b, Tensor states0, bool need_saved=True, "
+                  "float? forward_clipval=None, bool recurrent_cut=False, float? recurrent_clipval=None, "
+                  "bool allow_tf32=False) -> (Tensor, Tensor)")
+BACKWARD_SCHEMA = ("(Tensor grad_states, Tensor states, Tensor saved, Tensor R, bool recurrent_cut=False, "
+                   "float? recurrent_clipval=None, bool allow_tf32=False) -> (Tensor, Tensor, Tensor, Tensor)")
+
+_lib = torch.library.Library("flashrnn", "DEF")
+_warned: set = set()
+
+# Debug aid for tests: fill every output with NaN before a kernel runs, so an element a kernel
+# fails to write cannot pass unnoticed. Set FLASHRNN_POISON_OUTPUTS=1 or assign True.
+POISON_OUTPUTS = os.environ.get("FLASHRNN_POISON_OUTPUTS", "") == "1"
+
+
+def _new(like: torch.Tensor, shape) -> torch.Tensor:
+    return like.new_full(shape, float("nan")) if POISON_OUTPUTS else like.new_empty(shape)
+
+
+def op_name(function: str, family: str) -> str:
+    return f"{function}_{family}"
+
+
+def _check_cuda_inputs(name: str, *tensors: torch.Tensor) -> None:
+    device = tensors[0].device
+    major, minor = torch.cuda.get_device_capability(device)
+    if major < 8:
+        raise ValueError(f"flashrnn.{name}: the CUDA kernels need compute capability >= 8.0 (Ampere); "
+                         f"{torch.cuda.get_device_name(device)} has {major}.{minor}; use backend='vanilla'")
+    if tensors[0].dtype not in DTYPE_CODES:
+        raise ValueError(f"flashrnn.{name}: the CUDA kernels run float32, float16 and bfloat16; got "
+                         f"{tensors[0].dtype}; use backend='vanilla' for other dtypes")
+    if tensors[-1].shape[-1] % 16 != 0:
+        raise ValueError(f"flashrnn.{name}: the CUDA kernels need a head dim that is a multiple of 16, got "
+                         f"{tensors[-1].shape[-1]}; flashrnn.flashrnn() pads other head dims for you")
+
+
+def _as_kernel_input(Wx: torch.Tensor) -> torch.Tensor:
+    """Wx with a contiguous [G, N, D] part and 16-byte aligned batch/time strides."""
+    G, N, D = Wx.shape[2:]
+    esize = Wx.element_size()
+    ok = (Wx.stride()[2:] == (N * D, D, 1) and Wx.data_ptr() % 16 == 0
+          and (Wx.stride(0) * esize) % 16 == 0 and (Wx.stride(1) * esize) % 16 == 0)
+    return Wx if ok else Wx.contiguous()
+
+
+def _family_for(spec: CellSpec, family: str, dtype: torch.dtype, head_dim: int, core) -> str:
+    if family == "fused" and core.fused_bucket(spec.code, DTYPE_CODES[dtype], head_dim) == 0:
+        key = (spec.name, dtype, head_dim)
+        if key not in _warned:
+            _warned.add(key)
+            buckets = _core.build_info()["fused_head_dims"].get(str(dtype).split(".")[-1], [])
+            warnings.warn(f"flashrnn: no fused kernel for {spec.name} with head_dim={head_dim} in {dtype} "
+                          f"(fused head dims: multiples of 16 up to {max(buckets, default=0)}); running the "
+                          "alternating kernels instead", stacklevel=3)
+        return "alternating"
+    return family
+
+
+def _register(spec: CellSpec, family: str) -> None:
+    name = op_name(spec.name, family)
+    qual, qual_bw = f"flashrnn::{name}", f"flashrnn::{name}_backward"
+    torch.library.define(qual, FORWARD_SCHEMA, lib=_lib)
+    torch.library.define(qual_bw, BACKWARD_SCHEMA, lib=_lib)
+    S, K, Gb, Gw = spec.states, spec.saved, spec.gates_b, spec.gates_w
+
+    def forward_cuda(Wx, R, b, states0, need_saved=True, forward_clipval=None, recurrent_cut=False,
+                     recurrent_clipval=None, allow_tf32=False):
+        core = _core.require_cuda_core("cuda" if family == "alternating" else "cuda_fused")
+        _check_cuda_inputs(name, Wx, R)
+        B, T, _, N, D = Wx.shape
+        Wx, R, b = _as_kernel_input(Wx), R.contiguous(), b.contiguous()
+        fam = _family_for(spec, family, Wx.dtype, D, core)
+        all_states = _new(Wx, (S, T + 1, B, N, D))
+        all_states[:, 0].copy_(states0)
+        saved = _new(Wx, (T, B, K, N, D) if need_saved else (0,))
+        workspace = torch.empty(core.forward_workspace_floats(FAMILIES[fam], spec.code, B, N, D),
+                                dtype=torch.float32, device=Wx.device)
+        with torch.cuda.device(Wx.device):
+            core.forward(FAMILIES[fam], spec.code, DTYPE_CODES[Wx.dtype], Wx.device.index, B, T, N, D,
+                         Wx.data_ptr(), Wx.stride(0), Wx.stride(1), R.data_ptr(), b.data_ptr(),
+                         all_states.data_ptr(), saved.data_ptr() if need_saved else 0, workspace.data_ptr(),
+                         forward_clipval is not None, float(forward_clipval or 0.0), allow_tf32,
+                         torch.cuda.current_stream().cuda_stream)
+        return all_states, saved
+
+    def backward_cuda(grad_states, states, saved, R, recurrent_cut=False, recurrent_clipval=None,
+                      allow_tf32=False):
+        core = _core.require_cuda_core("cuda" if family == "alternating" else "cuda_fused")
+        _check_cuda_inputs(name + "_backward", states, R)
+        _, T1, B, N, D = states.shape
+        T = T1 - 1
+        grad_states, R = grad_states.contiguous(), R.contiguous()
+        fam = _family_for(spec, family, states.dtype, D, core)
+        dg = _new(states, (T, B, Gb, N, D))
+        dR, db, d0 = _new(R, R.shape), _new(states, (Gb, N, D)), _new(states, (S, B, N, D))
+        workspace = torch.empty(core.backward_workspace_floats(FAMILIES[fam], spec.code, B, T, N, D),
+                                dtype=torch.float32, device=states.device)
+        rt = states.new_empty((core.backward_rt_elements(FAMILIES[fam], spec.code, N, D),))
+        with torch.cuda.device(states.device):
+            core.backward(FAMILIES[fam], spec.code, DTYPE_CODES[states.dtype], states.device.index, B, T, N, D,
+                          R.data_ptr(), states.data_ptr(), saved.data_ptr(), grad_states.data_ptr(),
+                          dg.data_ptr(), dR.data_ptr(), db.data_ptr(), d0.data_ptr(), workspace.data_ptr(),
+                          rt.data_ptr(), recurrent_cut, recurrent_clipval is not None,
+                          float(recurrent_clipval or 0.0), allow_tf32, torch.cuda.current_stream().cuda_stream)
+        return dg, dR, db, d0
+
+    def forward_cpu(Wx, R, b, states0, need_saved=True, forward_clipval=None, recurrent_cut=False,
+                    recurrent_clipval=None, allow_tf32=False):
+        return reference.forward_op(spec, Wx, R, b, states0, need_saved, forward_clipval)
+
+    def backward_cpu(grad_states, states, saved, R, recurrent_cut=False, recurrent_clipval=None,
+                     allow_tf32=False):
+        return reference.backward_op(spec, grad_states, states, saved, R, recurrent_cut, recurrent_clipval)
+
+    def forward_fake(Wx, R, b, states0, need_saved=True, forward_clipval=None, recurrent_cut=False,
+                     recurrent_clipval=None, allow_tf32=False):
+        B, T, _, N, D = Wx.shape
+        return (Wx.new_empty((S, T + 1, B, N, D)), Wx.new_empty((T, B, K, N, D) if need_saved else (0,)))
+
+    def backward_fake(grad_states, states, saved, R, recurrent_cut=False, recurrent_clipval=None,
+                      allow_tf32=False):
+        _, T1, B, N, D = states.shape
+        return (states.new_empty((T1 - 1, B, Gb, N, D)), torch.empty_like(R), states.new_empty((Gb, N, D)),
+                states.new_empty((S, B, N, D)))
+
+    def setup_context(ctx, inputs, output):
+        _, R, _, _, need_saved, _, recurrent_cut, recurrent_clipval, allow_tf32 = inputs
+        all_states, saved = output
+        ctx.mark_non_differentiable(saved)
+        ctx.save_for_backward(R, all_states, saved)
+        ctx.options = (need_saved, recurrent_cut, recurrent_clipval, allow_tf32)
+
+    def backward(ctx, grad_states, grad_saved):
+        need_saved, recurrent_cut, recurrent_clipval, allow_tf32 = ctx.options
+        if not need_saved:
+            raise RuntimeError(f"flashrnn.{name}: the forward ran with need_saved=False, so nothing was "
+                               "saved for the backward pass; call it with need_saved=True")
+        R, all_states, saved = ctx.saved_tensors
+        dg, dR, db, d0 = getattr(torch.ops.flashrnn, name + "_backward")(
+            grad_states, all_states, saved, R, recurrent_cut, recurrent_clipval, allow_tf32)
+        return dg[:, :, Gb - Gw:].transpose(0, 1), dR, db, d0, None, None, None, None, None
+
+    torch.library.impl(qual, "CUDA", forward_cuda, lib=_lib)
+    torch.library.impl(qual, "CPU", forward_cpu, lib=_lib)
+    torch.library.register_fake(qual, forward_fake, lib=_lib)
+    torch.library.impl(qual_bw, "CUDA", backward_cuda, lib=_lib)
+    torch.library.impl(qual_bw, "CPU", backward_cpu, lib=_lib)
+    torch.library.register_fake(qual_bw, backward_fake, lib=_lib)
+    torch.library.register_autograd(qual, backward, setup_context=setup_context, lib=_lib)
+
+
+for _spec in CELLS.values():
+    for _family in FAMILIES:
+        _register(_spec, _family)
+
+
+def get_op(function: str, family: str):
+    return getattr(torch.ops.flashrnn, op_name(function, family))

@@ -2,7 +2,8 @@
 // Python loop). Works for every head dim that is a multiple of 16 (the Python layer pads other
 // head dims with inert zero units) and any batch; R is read from L2 every step.
 //
-// A CTA owns 8 hidden units x 16 batch rows of one head; its 4 warps split the contraction
+// A CTA owns 8 hidden units x 16 batch rows of one head (grid: x = unit group and batch tile,
+// y = head); its 4 warps split the contraction
 // (K = D forward, Gr * D backward) into interleaved 16-wide chunks, each on tensor cores
 // (m16n8k16, batch = M; 3xTF32 for fp32) with fragments loaded straight from global memory.
 // Partial products meet in shared memory; then each of the 128 threads runs the cell for one
@@ -43,7 +44,7 @@ __global__ void __launch_bounds__(alternating::kThreads)
 
   const int warp = threadIdx.x / 32, g = threadIdx.x % 32 / 4;
   const int64_t B = p.batch, steps = p.steps, N = p.heads, D = p.head_dim, ND = N * D;
-  const int64_t u0 = int64_t(blockIdx.x) * kUnits, b0 = int64_t(blockIdx.y) * kRows, n = blockIdx.z;
+  const int64_t groups = D / kUnits, u0 = blockIdx.x % groups * kUnits, b0 = blockIdx.x / groups * kRows, n = blockIdx.y;
   const T* r = static_cast<const T*>(p.r);
   T* states = static_cast<T*>(p.states);
 
@@ -106,7 +107,7 @@ __global__ void __launch_bounds__(alternating::kThreads)
 
   const int warp = threadIdx.x / 32, g = threadIdx.x % 32 / 4;
   const int64_t B = p.batch, steps = p.steps, N = p.heads, D = p.head_dim, ND = N * D;
-  const int64_t u0 = int64_t(blockIdx.x) * kUnits, b0 = int64_t(blockIdx.y) * kRows, n = blockIdx.z;
+  const int64_t groups = D / kUnits, u0 = blockIdx.x % groups * kUnits, b0 = blockIdx.x / groups * kRows, n = blockIdx.y;
   T* dg = static_cast<T*>(p.dg);
 
   // rec[b, j] = sum_{k, i} dg_{t+1}[b, k, i] R[k, n, i, j] for j in [u0, u0 + 8); rt = R^T
@@ -194,7 +195,7 @@ void launch_alternating_forward(const ForwardParams& p, cudaStream_t stream) {
   initial_states_kernel<T><<<unsigned((per_state + 255) / 256), 256, 0, stream>>>(
       static_cast<const T*>(p.states), p.workspace, per_state, (p.steps + 1) * per_state, Cell::kStates);
   FLASHRNN_CHECK_LAUNCH("initial_states_kernel");
-  const dim3 grid(unsigned(p.head_dim / kUnits), unsigned((p.batch + kRows - 1) / kRows), unsigned(p.heads));
+  const dim3 grid(unsigned(p.head_dim / kUnits * ((p.batch + kRows - 1) / kRows)), unsigned(p.heads));
   for (int64_t t = 0; t < p.steps; ++t) {
     alternating_forward_kernel<Cell, T><<<grid, kThreads, 0, stream>>>(p, t);
     FLASHRNN_CHECK_LAUNCH("alternating_forward_kernel");
@@ -211,7 +212,7 @@ void launch_alternating_backward(const BackwardParams& p, cudaStream_t stream) {
                           dim3(32, 8), 0, stream>>>(static_cast<const T*>(p.r), rt, N, D, Cell::kGatesR);
   FLASHRNN_CHECK_LAUNCH("transpose_r_kernel");
   FLASHRNN_CUDA_CHECK(cudaMemsetAsync(p.workspace, 0, sizeof(float) * Cell::kStates * per_state, stream));
-  const dim3 grid(unsigned(D / kUnits), unsigned((p.batch + kRows - 1) / kRows), unsigned(N));
+  const dim3 grid(unsigned(D / kUnits * ((p.batch + kRows - 1) / kRows)), unsigned(N));
   for (int64_t t = p.steps; t >= 0; --t) {
     alternating_backward_kernel<Cell, T><<<grid, kThreads, 0, stream>>>(p, rt, t);
     FLASHRNN_CHECK_LAUNCH("alternating_backward_kernel");

@@ -36,7 +36,7 @@ __global__ void __launch_bounds__(fused::warps(kHeadDim) * 32, 1)
   extern __shared__ __align__(128) unsigned char smem[];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
   const int64_t B = p.batch, steps = p.steps, N = p.heads, D = p.head_dim, ND = N * D;
-  const int64_t n = blockIdx.x, b0 = int64_t(blockIdx.y) * kRows;
+  const int64_t n = blockIdx.y, b0 = int64_t(blockIdx.x) * kRows;
   const int unit = warp * 8 + 2 * q;
   const bool active = warp * 8 < D;
   const bool row_ok[2] = {active && b0 + g < B, active && b0 + g + 8 < B};
@@ -207,7 +207,7 @@ void launch_fused_backward(const BackwardParams& p, cudaStream_t stream) {
       fused::backward_layout(kHeadDim, sizeof(T), Cell::kGatesR, Cell::kSaved, Cell::kStates);
   auto kernel = fused_backward_kernel<Cell, T, kHeadDim>;
   FLASHRNN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, L.bytes));
-  const dim3 grid(unsigned(p.heads), unsigned((p.batch + fused::kBatchTile - 1) / fused::kBatchTile));
+  const dim3 grid(unsigned((p.batch + fused::kBatchTile - 1) / fused::kBatchTile), unsigned(p.heads));
   kernel<<<grid, fused::warps(kHeadDim) * 32, L.bytes, stream>>>(p);
   FLASHRNN_CHECK_LAUNCH("fused_backward_kernel");
   launch_weight_grad<T>(p, Cell::kGatesR, Cell::kGatesB, p.workspace, stream);

@@ -1,0 +1,263 @@
+"""CUDA backends against a float64 reference on the GPU (marked `gpu`; skipped without one).
+
+Standard: relative error ||a - b|| / ||b|| of every output and every gradient (Wx, R, b, initial
+states) <= 1e-4 for fp32 and <= 1e-2 for bf16/fp16. The reference is the vanilla backend in
+float64 on the same (dtype-rounded) inputs. Every kernel output is NaN-poisoned before the run.
+"""
+from __future__ import annotations
+
+import functools
+import warnings
+
+import pytest
+import torch
+
+import flashrnn
+from flashrnn import _ops, reference
+from flashrnn._cells import CELLS
+
+from conftest import loss_weights, random_problem, rel_err, requires_grad, weighted_loss
+
+pytestmark = pytest.mark.gpu
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+TOL = {torch.float32: 1e-4, torch.bfloat16: 1e-2, torch.float16: 1e-2}
+
+
+@pytest.fixture(autouse=True)
+def poison_outputs():
+    _ops.POISON_OUTPUTS = True
+    yield
+    _ops.POISON_OUTPUTS = False
+
+
+@functools.lru_cache(maxsize=64)
+def _reference(function, B, T, N, D, dtype, states, seed, options=()):
+    """(inputs in dtype, float64 outputs, float64 gradients) for one problem, cached."""
+    opts = dict(options)
+    Wx, R, b, s0 = random_problem(function, B, T, N, D, dtype=dtype, device="cuda", states=states, seed=seed)
+    zeros = torch.zeros(CELLS[function].states, B, 1, N, D, dtype=dtype, device="cuda")
+    Wx64, R64, b64, s64 = requires_grad(*(x.double() for x in (Wx, R, b, zeros if s0 is None else s0)))
+    ref = reference.vanilla_forward(Wx64, R64, b64, s64[:, :, 0], function, opts.get("forward_clipval"),
+                                    opts.get("recurrent_cut", False), opts.get("recurrent_clipval"))
+    w, w_last = loss_weights(ref.shape, device="cuda")
+    if function == "slstm":
+        w[3], w_last[3] = 0, 0  # m is a stabilizer; its output gradient is dropped by design
+    grads = torch.autograd.grad(weighted_loss(ref, ref[:, :, -1:], w, w_last), [Wx64, R64, b64, s64],
+                                allow_unused=True, materialize_grads=True)
+    return (Wx, R, b, s0), ref.detach(), [g.detach() for g in grads], (w, w_last)
+
+
+def _run(function, backend, inputs, weights, options=(), **kwargs):
+    """(states, last_states, [dWx, dR, db, dstates]); dstates is None without initial states."""
+    Wx, R, b, s0 = requires_grad(*inputs)
+    cfg = flashrnn.FlashRNNConfig(function=function, backend=backend, **dict(options), **kwargs)
+    states, last = flashrnn.flashrnn(Wx, R, b, s0, config=cfg)
+    loss = weighted_loss(states, last, *weights)
+    leaves = [x for x in (Wx, R, b, s0) if x is not None]
+    grads = list(torch.autograd.grad(loss, leaves)) + ([None] if s0 is None else [])
+    return states, last, grads
+
+
+def check_against_reference(function, backend, dtype, B, T, N, D, states="random", seed=0, options=()):
+    inputs, ref, ref_grads, weights = _reference(function, B, T, N, D, dtype, states, seed, options)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # fused -> alternating fallback notes
+        out, last, grads = _run(function, backend, inputs, weights, options)
+    tol = TOL[dtype]
+    errors = {"states": rel_err(out, ref), "last_states": rel_err(last, ref[:, :, -1:])}
+    for name, g, r in zip(["dWx", "dR", "db", "dstates"], grads, ref_grads):
+        if g is not None:
+            errors[name] = rel_err(g, r)
+    bad = {k: v for k, v in errors.items() if not v <= tol}
+    assert not bad, f"{function} {backend} {dtype} B={B} T={T} N={N} D={D}: {bad} (tol {tol})"
+    return errors
+
+
+# (B, T, N, D): every value the issues name appears; long sequences at several head dims.
+ALTERNATING_GRID = [
+    (1, 7, 1, 16), (3, 1, 3, 48), (17, 7, 12, 64), (64, 7, 1, 256), (3, 7, 1, 768), (1, 7, 1, 2048),
+    (17, 1024, 3, 64), (3, 1024, 1, 256), (64, 1024, 12, 16), (1, 1024, 1, 2048), (3, 7, 3, 768),
+]
+FUSED_GRID = [
+    (1, 7, 1, 16), (3, 1, 5, 32), (16, 7, 12, 64), (17, 7, 48, 16), (256, 7, 5, 128), (3, 7, 1, 48),
+    (16, 1024, 12, 64), (17, 1024, 5, 128), (256, 1024, 1, 32), (1, 1024, 48, 16), (3, 1024, 1, 48),
+]
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("function", list(CELLS))
+@pytest.mark.parametrize("shape", ALTERNATING_GRID, ids=lambda s: "B{}-T{}-N{}-D{}".format(*s))
+def test_alternating_matches_float64(shape, function, dtype):
+    check_against_reference(function, "cuda", DTYPES[dtype], *shape)
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("function", list(CELLS))
+@pytest.mark.parametrize("shape", FUSED_GRID, ids=lambda s: "B{}-T{}-N{}-D{}".format(*s))
+def test_fused_matches_float64(shape, function, dtype):
+    D = shape[3]
+    if DTYPES[dtype] == torch.float32 and D > 64:
+        pytest.skip("fp32 fused head dims end at 64 (falls back to alternating, tested there)")
+    check_against_reference(function, "cuda_fused", DTYPES[dtype], *shape)
+
+
+OPTIONS = {
+    "cut": (("gradient_recurrent_cut", True),),
+    "clip": (("gradient_recurrent_clipval", 0.05),),
+    "forward_clip": (("forward_clipval", 0.3),),
+}
+
+
+@pytest.mark.parametrize("option", list(OPTIONS))
+@pytest.mark.parametrize("backend", ["cuda", "cuda_fused"])
+@pytest.mark.parametrize("function", list(CELLS))
+def test_options_match_float64(function, backend, option):
+    opts = OPTIONS[option]
+    ref_opts = tuple((k.replace("gradient_", ""), v) for k, v in opts)
+    inputs, ref, ref_grads, weights = _reference(function, 5, 33, 2, 32, torch.float32, "random", 4, ref_opts)
+    out, last, grads = _run(function, backend, inputs, weights, opts)
+    assert rel_err(out, ref) <= 1e-4
+    for name, g, r in zip(["dWx", "dR", "db", "dstates"], grads, ref_grads):
+        assert rel_err(g, r) <= 1e-4, (name, rel_err(g, r))
+
+
+@pytest.mark.parametrize("function", list(CELLS))
+def test_zero_initial_states(function):
+    for backend in ("cuda", "cuda_fused"):
+        check_against_reference(function, backend, torch.float32, 4, 20, 3, 32, states="zeros")
+        check_against_reference(function, backend, torch.bfloat16, 4, 20, 3, 32, states="none")
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("function", list(CELLS))
+def test_fused_agrees_with_alternating_and_is_deterministic(function, dtype):
+    inputs, ref, _, weights = _reference(function, 19, 65, 3, 64, DTYPES[dtype], "random", 7)
+    fused = _run(function, "cuda_fused", inputs, weights)
+    again = _run(function, "cuda_fused", inputs, weights)
+    alternating = _run(function, "cuda", inputs, weights)
+    for a, b in zip([fused[0], fused[1], *fused[2]], [again[0], again[1], *again[2]]):
+        assert torch.equal(a, b), "fused results differ between two runs"
+    for a, b in zip([fused[0], *fused[2]], [alternating[0], *alternating[2]]):
+        assert rel_err(a, b) <= TOL[DTYPES[dtype]]
+
+
+@pytest.mark.parametrize("backend", ["cuda", "cuda_fused"])
+def test_retain_graph_gives_identical_gradients(backend):
+    inputs, _, _, weights = _reference("slstm", 5, 17, 2, 32, torch.bfloat16, "random", 8)
+    Wx, R, b, s0 = requires_grad(*inputs)
+    states, last = flashrnn.flashrnn(Wx, R, b, s0, function="slstm", backend=backend)
+    loss = weighted_loss(states, last, *weights)
+    first = torch.autograd.grad(loss, [Wx, R, b, s0], retain_graph=True)
+    second = torch.autograd.grad(loss, [Wx, R, b, s0])
+    for a, b_ in zip(first, second):
+        assert torch.equal(a, b_)
+
+
+def test_layouts_and_noncontiguous_inputs():
+    inputs, ref, ref_grads, weights = _reference("lstm", 6, 9, 3, 32, torch.float32, "random", 9)
+    Wx, R, b, s0 = inputs
+    cfg = flashrnn.FlashRNNConfig(function="lstm", backend="cuda_fused", input_shape="TBGHD",
+                                  recurrent_shape="HPDG", bias_shape="HDG", output_shape="TSHBD")
+    states, last = flashrnn.flashrnn(Wx.transpose(0, 1), R.permute(1, 3, 2, 0), b.permute(1, 2, 0),
+                                     s0.permute(2, 0, 3, 1, 4), config=cfg)
+    assert rel_err(states.permute(1, 3, 0, 2, 4), ref) <= 1e-4
+    assert rel_err(last.permute(1, 3, 0, 2, 4), ref[:, :, -1:]) <= 1e-4
+    # an expanded (stride-0) batch
+    one = Wx[:1].expand(6, -1, -1, -1, -1)
+    expected = flashrnn.flashrnn(one.contiguous(), R, b, function="lstm", backend="cuda")[0]
+    for backend in ("cuda", "cuda_fused"):
+        got = flashrnn.flashrnn(one, R, b, function="lstm", backend=backend)[0]
+        assert rel_err(got, expected) <= 1e-5
+
+
+@pytest.mark.parametrize("D", [20, 50])
+def test_head_dims_that_are_not_multiples_of_16(D):
+    for function in CELLS:
+        for backend in ("cuda", "cuda_fused"):
+            check_against_reference(function, backend, torch.float32, 3, 11, 2, D)
+
+
+def test_fused_falls_back_with_a_warning_for_large_heads():
+    _ops._warned.clear()
+    inputs, ref, _, weights = _reference("lstm", 2, 5, 1, 256, torch.bfloat16, "random", 10)
+    with pytest.warns(UserWarning, match="no fused kernel for lstm with head_dim=256"):
+        _run("lstm", "cuda_fused", inputs, weights)
+
+
+@pytest.mark.parametrize("backend", ["cuda", "cuda_fused"])
+def test_cuda_graph_capture_and_replay(backend):
+    inputs, _, _, weights = _reference("lstm", 8, 16, 4, 64, torch.bfloat16, "random", 11)
+    Wx, R, b, s0 = requires_grad(*inputs)
+    static = [x.detach().clone().requires_grad_(True) for x in (Wx, R, b, s0)]
+
+    def step():
+        states, last = flashrnn.flashrnn(*static, function="lstm", backend=backend)
+        loss = weighted_loss(states, last, *weights)
+        return [states.detach()] + list(torch.autograd.grad(loss, static))
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outputs = step()
+    fresh = random_problem("lstm", 8, 16, 4, 64, dtype=torch.bfloat16, device="cuda", seed=12)
+    with torch.no_grad():
+        for dst, src in zip(static, fresh):
+            dst.copy_(src)
+    graph.replay()
+    torch.cuda.synchronize()
+    expected = _run("lstm", backend, fresh, weights)
+    for got, want in zip(outputs, [expected[0], *expected[2]]):
+        assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("function", list(CELLS))
+def test_torch_compile_fullgraph_on_cuda(function):
+    inputs, ref, ref_grads, weights = _reference(function, 4, 12, 2, 32, torch.float32, "random", 13)
+
+    def model(Wx, R, b, s0):
+        states, last = flashrnn.flashrnn(Wx, R, b, s0, function=function, backend="cuda_fused")
+        return weighted_loss(states, last, *weights)
+
+    compiled = torch.compile(model, fullgraph=True)
+    Wx, R, b, s0 = requires_grad(*inputs)
+    loss = compiled(Wx, R, b, s0)
+    grads = torch.autograd.grad(loss, [Wx, R, b, s0])
+    for g, r in zip(grads, ref_grads):
+        assert rel_err(g, r) <= 1e-4
+
+
+@pytest.mark.parametrize("family", ["alternating", "fused"])
+@pytest.mark.parametrize("function", list(CELLS))
+def test_opcheck_on_cuda(function, family):
+    Wx, R, b, s0 = random_problem(function, 3, 5, 2, 16, dtype=torch.float32, device="cuda", seed=14)
+    Wx, R, b, s0 = requires_grad(Wx, R, b, s0[:, :, 0])
+    op = _ops.get_op(function, family)
+    torch.library.opcheck(op, (Wx, R, b, s0, True, None, False, None, False))
+    all_states, saved = op(Wx, R, b, s0, True, None, False, None, False)
+    grad = torch.randn_like(all_states)
+    bw = getattr(torch.ops.flashrnn, f"{function}_{family}_backward")
+    torch.library.opcheck(bw, (grad, all_states.detach(), saved, R.detach(), False, 0.5, False))
+
+
+def test_cuda_error_becomes_python_exception_naming_the_kernel():
+    # 65536 heads exceed the grid's y limit: the launch fails cleanly, and says where.
+    Wx = torch.randn(1, 1, 1, 65536, 16, device="cuda")
+    R = torch.randn(1, 65536, 16, 16, device="cuda")
+    b = torch.randn(1, 65536, 16, device="cuda")
+    with pytest.raises(RuntimeError, match="alternating_forward_kernel.*cudaErrorInvalidConfiguration"):
+        flashrnn.flashrnn(Wx, R, b, function="elman", backend="cuda")
+    torch.cuda.synchronize()  # the context is still usable
+    flashrnn.flashrnn(Wx[:, :, :, :4], R[:, :4], b[:, :4], function="elman", backend="cuda")
+
+
+def test_device_guard_uses_the_tensors_device():
+    inputs, ref, _, weights = _reference("gru", 3, 6, 2, 32, torch.float32, "random", 15)
+    with torch.cuda.device(0):
+        out = flashrnn.flashrnn(*inputs, function="gru", backend="cuda_fused")[0]
+    assert out.device == inputs[0].device
+    assert rel_err(out, ref) <= 1e-4

@@ -18,11 +18,11 @@ fi
 python3 -c "import flashrnn; print(flashrnn.build_info())"
 status=0
 if [[ $what == tests || $what == all ]]; then
-  timeout 420 python3 -m pytest -m gpu -q -rf --tb=short -p no:cacheprovider "$@" tests 2>&1 | tee "$OUT/gpu_tests.log"
+  timeout ${TEST_TIMEOUT:-330} python3 -m pytest -m gpu -q -rf --tb=short -p no:cacheprovider "$@" tests 2>&1 | tee "$OUT/gpu_tests.log"
   status=${PIPESTATUS[0]}
   grep -E "passed|failed" "$OUT/gpu_tests.log" | tail -1
 fi
 if [[ $what == bench || $what == all ]]; then
-  timeout 300 python3 benchmarks/bench_kernels.py --suite "${BENCH_SUITE:-quick}" --out "$OUT/bench.md" 2>&1 | tail -40
+  timeout ${BENCH_TIMEOUT:-200} python3 benchmarks/bench_kernels.py --suite "${BENCH_SUITE:-quick}" --out "$OUT/bench.md" 2>&1 | tail -40
 fi
 exit $status

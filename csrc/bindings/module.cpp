@@ -115,8 +115,8 @@ PYBIND11_MODULE(_C, m) {
     d["states"] = c.states; d["saved"] = c.saved;
     return d;
   });
-  m.def("fused_bucket", [](int cell, int dtype, int64_t head_dim) {
-    return flashrnn::fused_bucket(CellKind(cell), DType(dtype), head_dim);
+  m.def("fused_bucket", [](int cell, int dtype, int64_t head_dim, int device) {
+    return flashrnn::fused_bucket(CellKind(cell), DType(dtype), head_dim, device);
   });
   m.def("forward_workspace_floats", [](int family, int cell, int64_t b, int64_t n, int64_t d) {
     return flashrnn::forward_workspace_floats(Family(family), CellKind(cell), b, n, d);

@@ -20,8 +20,9 @@ struct CellInfo {
 
 CellInfo cell_info(CellKind cell);
 
-// The compiled head-dim bucket that runs this head dim fused, or 0 if none does.
-int fused_bucket(CellKind cell, DType dtype, int64_t head_dim);
+// The compiled head-dim bucket that runs this head dim fused on `device`, or 0 if none does
+// (no bucket holds it, or the kernels need more shared memory than the device offers).
+int fused_bucket(CellKind cell, DType dtype, int64_t head_dim, int device);
 std::vector<int> fused_buckets(DType dtype);
 
 // Scratch the launchers need, allocated by the caller (torch) and passed in the params.

@@ -71,15 +71,17 @@ def _as_kernel_input(Wx: torch.Tensor) -> torch.Tensor:
     return Wx if ok else Wx.contiguous()
 
 
-def _family_for(spec: CellSpec, family: str, dtype: torch.dtype, head_dim: int, core) -> str:
-    if family == "fused" and core.fused_bucket(spec.code, DTYPE_CODES[dtype], head_dim) == 0:
-        key = (spec.name, dtype, head_dim)
+def _family_for(spec: CellSpec, family: str, x: torch.Tensor, head_dim: int, core) -> str:
+    dtype = x.dtype
+    if family == "fused" and core.fused_bucket(spec.code, DTYPE_CODES[dtype], head_dim, x.device.index) == 0:
+        key = (spec.name, dtype, head_dim, x.device.index)
         if key not in _warned:
             _warned.add(key)
             buckets = _core.build_info()["fused_head_dims"].get(str(dtype).split(".")[-1], [])
-            warnings.warn(f"flashrnn: no fused kernel for {spec.name} with head_dim={head_dim} in {dtype} "
-                          f"(fused head dims: multiples of 16 up to {max(buckets, default=0)}); running the "
-                          "alternating kernels instead", stacklevel=3)
+            warnings.warn(f"flashrnn: no fused kernel for {spec.name} with head_dim={head_dim} in {dtype} on "
+                          f"{torch.cuda.get_device_name(x.device)} (fused head dims: multiples of 16 up to "
+                          f"{max(buckets, default=0)}, where the device's shared memory holds them); running "
+                          "the alternating kernels instead", stacklevel=3)
         return "alternating"
     return family
 
@@ -97,7 +99,7 @@ def _register(spec: CellSpec, family: str) -> None:
         _check_cuda_inputs(name, Wx, R)
         B, T, _, N, D = Wx.shape
         Wx, R, b = _as_kernel_input(Wx), R.contiguous(), b.contiguous()
-        fam = _family_for(spec, family, Wx.dtype, D, core)
+        fam = _family_for(spec, family, Wx, D, core)
         all_states = _new(Wx, (S, T + 1, B, N, D))
         all_states[:, 0].copy_(states0)
         saved = _new(Wx, (T, B, K, N, D) if need_saved else (0,))
@@ -118,7 +120,7 @@ def _register(spec: CellSpec, family: str) -> None:
         _, T1, B, N, D = states.shape
         T = T1 - 1
         grad_states, R = grad_states.contiguous(), R.contiguous()
-        fam = _family_for(spec, family, states.dtype, D, core)
+        fam = _family_for(spec, family, states, D, core)
         dg = _new(states, (T, B, Gb, N, D))
         dR, db, d0 = _new(R, R.shape), _new(states, (Gb, N, D)), _new(states, (S, B, N, D))
         workspace = torch.empty(core.backward_workspace_floats(FAMILIES[fam], spec.code, B, T, N, D),

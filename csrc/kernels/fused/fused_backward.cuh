@@ -22,7 +22,7 @@ namespace flashrnn {
 
 template <class Cell, class T, int kHeadDim>
 __global__ void __launch_bounds__(fused::warps(kHeadDim) * 32, 1)
-    fused_backward_kernel(const BackwardParams p) {
+    fused_backward_kernel(const BackwardParams p, const int stages) {
   static_assert(cells::Cell<Cell>, "see cells/elman.cuh for what a cell must define");
   using M = Mma<T>;
   constexpr int kGr = Cell::kGatesR, kGb = Cell::kGatesB, kS = Cell::kStates, kSaved = Cell::kSaved;
@@ -75,7 +75,7 @@ __global__ void __launch_bounds__(fused::warps(kHeadDim) * 32, 1)
   constexpr int kCopiesPerRow = kHeadDim * int(sizeof(T)) / 16;
   auto prefetch = [&](int64_t t) {
     if (t < 1) return;
-    unsigned char* slot = smem + L.ring_offset + int(t % L.stages) * kRows * L.ring_row;
+    unsigned char* slot = smem + L.ring_offset + int(t % stages) * kRows * L.ring_row;
     for (int i = threadIdx.x; i < kRows * kSubRows * kCopiesPerRow; i += blockDim.x) {
       const int row = i / (kSubRows * kCopiesPerRow), sub = i / kCopiesPerRow % kSubRows, c = i % kCopiesPerRow;
       const int64_t b = b0 + row, col = int64_t(c) * 16 / sizeof(T);
@@ -91,11 +91,11 @@ __global__ void __launch_bounds__(fused::warps(kHeadDim) * 32, 1)
   };
   // Ring invariant: at the barrier ending step t, slots t-1 .. t-stages+1 are filled or in
   // flight; slot t is free once that barrier has passed.
-  for (int s = 0; s < L.stages; ++s) {
+  for (int s = 0; s < stages; ++s) {
     prefetch(steps - s);
     cp_async_commit();
   }
-  cp_async_wait<L.stages - 1>();
+  cp_async_wait_at_most(stages - 1);
   __syncthreads();
 
   // dh_rec = dg_{t+1} R (this warp's 8 units j, 16 batch rows), read from dg buffer `buf`.
@@ -126,7 +126,7 @@ __global__ void __launch_bounds__(fused::warps(kHeadDim) * 32, 1)
     if (active) {
       float rec[4] = {};
       if (t < steps && !p.recurrent_cut) recurrent_product((t + 1) & 1, rec);
-      const unsigned char* slot = smem + L.ring_offset + int(t % L.stages) * kRows * L.ring_row;
+      const unsigned char* slot = smem + L.ring_offset + int(t % stages) * kRows * L.ring_row;
 #pragma unroll
       for (int rr = 0; rr < 2; ++rr) {
         const T* srow = reinterpret_cast<const T*>(slot + (g + 8 * rr) * L.ring_row) + unit;
@@ -171,9 +171,9 @@ __global__ void __launch_bounds__(fused::warps(kHeadDim) * 32, 1)
         }
       }
     }
-    cp_async_wait<L.stages - 2>();
+    cp_async_wait_at_most(stages - 2);
     __syncthreads();  // dg_t and ring slot t-1 are visible; slot t is free
-    prefetch(t - L.stages);
+    prefetch(t - stages);
     cp_async_commit();
   }
   cp_async_wait<0>();
@@ -202,13 +202,15 @@ __global__ void __launch_bounds__(fused::warps(kHeadDim) * 32, 1)
 }
 
 template <class Cell, class T, int kHeadDim>
-void launch_fused_backward(const BackwardParams& p, cudaStream_t stream) {
+void launch_fused_backward(const BackwardParams& p, int smem_limit, cudaStream_t stream) {
   constexpr fused::Layout L =
       fused::backward_layout(kHeadDim, sizeof(T), Cell::kGatesR, Cell::kSaved, Cell::kStates);
+  const int stages = L.stages(smem_limit);
+  FLASHRNN_CHECK(stages >= 2, "fused backward does not fit " << smem_limit << " bytes of shared memory");
   auto kernel = fused_backward_kernel<Cell, T, kHeadDim>;
-  FLASHRNN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, L.bytes));
+  FLASHRNN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, L.bytes(stages)));
   const dim3 grid(unsigned((p.batch + fused::kBatchTile - 1) / fused::kBatchTile), unsigned(p.heads));
-  kernel<<<grid, fused::warps(kHeadDim) * 32, L.bytes, stream>>>(p);
+  kernel<<<grid, fused::warps(kHeadDim) * 32, L.bytes(stages), stream>>>(p, stages);
   FLASHRNN_CHECK_LAUNCH("fused_backward_kernel");
   launch_weight_grad<T>(p, Cell::kGatesR, Cell::kGatesB, p.workspace, stream);
 }

@@ -20,7 +20,7 @@ namespace flashrnn {
 
 template <class Cell, class T, int kHeadDim>
 __global__ void __launch_bounds__(fused::warps(kHeadDim) * 32, 1)
-    fused_forward_kernel(const ForwardParams p) {
+    fused_forward_kernel(const ForwardParams p, const int stages) {
   static_assert(cells::Cell<Cell>, "see cells/elman.cuh for what a cell must define");
   using M = Mma<T>;
   constexpr int kGr = Cell::kGatesR, kGw = Cell::kGatesW, kGb = Cell::kGatesB;
@@ -81,7 +81,7 @@ __global__ void __launch_bounds__(fused::warps(kHeadDim) * 32, 1)
   constexpr int kCopiesPerGate = kHeadDim * int(sizeof(T)) / 16;
   auto prefetch = [&](int64_t t) {
     if (t >= steps) return;
-    unsigned char* slot = smem + L.ring_offset + int(t % L.stages) * kRows * L.ring_row;
+    unsigned char* slot = smem + L.ring_offset + int(t % stages) * kRows * L.ring_row;
     for (int i = threadIdx.x; i < kRows * kGw * kCopiesPerGate; i += blockDim.x) {
       const int row = i / (kGw * kCopiesPerGate), k = i / kCopiesPerGate % kGw, c = i % kCopiesPerGate;
       const int64_t b = b0 + row, col = int64_t(c) * 16 / sizeof(T);
@@ -90,16 +90,16 @@ __global__ void __launch_bounds__(fused::warps(kHeadDim) * 32, 1)
       cp_async_16(slot + row * L.ring_row + (k * kHeadDim + col) * sizeof(T), src, valid);
     }
   };
-  for (int s = 0; s < L.stages - 1; ++s) {
+  for (int s = 0; s < stages - 1; ++s) {
     prefetch(s);
     cp_async_commit();
   }
 
   const float clip = p.forward_clip_value;
   for (int64_t t = 0; t < steps; ++t) {
-    cp_async_wait<L.stages - 2>();
+    cp_async_wait_at_most(stages - 2);
     __syncthreads();  // h_t-1 and the Wx_t slot are visible; slot (t-1) may be refilled
-    prefetch(t + L.stages - 1);
+    prefetch(t + stages - 1);
     cp_async_commit();
     if (!active) continue;
 
@@ -114,7 +114,7 @@ __global__ void __launch_bounds__(fused::warps(kHeadDim) * 32, 1)
       for (int k = 0; k < kGr; ++k) M::mma(acc[k], a, rf[k][c], p.allow_tf32);
     }
 
-    const unsigned char* slot = smem + L.ring_offset + int(t % L.stages) * kRows * L.ring_row;
+    const unsigned char* slot = smem + L.ring_offset + int(t % stages) * kRows * L.ring_row;
 #pragma unroll
     for (int rr = 0; rr < 2; ++rr) {
       const T* wx_row = reinterpret_cast<const T*>(slot + (g + 8 * rr) * L.ring_row) + unit;
@@ -150,12 +150,14 @@ __global__ void __launch_bounds__(fused::warps(kHeadDim) * 32, 1)
 }
 
 template <class Cell, class T, int kHeadDim>
-void launch_fused_forward(const ForwardParams& p, cudaStream_t stream) {
+void launch_fused_forward(const ForwardParams& p, int smem_limit, cudaStream_t stream) {
   constexpr fused::Layout L = fused::forward_layout(kHeadDim, sizeof(T), Cell::kGatesW);
+  const int stages = L.stages(smem_limit);
+  FLASHRNN_CHECK(stages >= 2, "fused forward does not fit " << smem_limit << " bytes of shared memory");
   auto kernel = fused_forward_kernel<Cell, T, kHeadDim>;
-  FLASHRNN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, L.bytes));
+  FLASHRNN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, L.bytes(stages)));
   const dim3 grid(unsigned((p.batch + fused::kBatchTile - 1) / fused::kBatchTile), unsigned(p.heads));
-  kernel<<<grid, fused::warps(kHeadDim) * 32, L.bytes, stream>>>(p);
+  kernel<<<grid, fused::warps(kHeadDim) * 32, L.bytes(stages), stream>>>(p, stages);
   FLASHRNN_CHECK_LAUNCH("fused_forward_kernel");
 }
 

@@ -4,8 +4,9 @@
 
 namespace flashrnn::fused {
 
-constexpr int kBatchTile = 16;         // batch rows per CTA: the M of one m16n8k16 product
-constexpr int kSmemBudget = 200 * 1024;  // of the 227 KB an H100/A100 CTA may opt into
+constexpr int kBatchTile = 16;  // batch rows per CTA: the M of one m16n8k16 product
+constexpr int kMaxStages = 4;   // prefetch ring depth when shared memory allows (2 steps ahead)
+constexpr int kSmemReserve = 2 * 1024;  // left free of the device's per-block opt-in limit
 
 // One warp per 8 hidden units: a warp owns units [8w, 8w + 8) of its head for every gate, so the
 // pointwise step needs no exchange, and each lane holds 2 units x 2 batch rows.
@@ -18,17 +19,19 @@ constexpr int round_up_c(int x, int m) { return (x + m - 1) / m * m; }
 // free of bank conflicts.
 constexpr int row_bytes(int elems, int esize) { return round_up_c(elems * esize, 128) + 8 * esize; }
 
-constexpr int stages_for(int fixed_bytes, int stage_bytes) {
-  const int s = (kSmemBudget - fixed_bytes) / stage_bytes;
-  return s < 2 ? 2 : (s > 4 ? 4 : s);
-}
-
 struct Layout {
   int a_row;        // bytes per batch row of the exchanged operand (h forward, dg backward)
   int ring_row;     // bytes per batch row of one prefetched step
-  int stages;       // prefetch ring depth
-  int ring_offset;  // where the ring starts
-  int bytes;        // dynamic shared memory of the CTA
+  int ring_offset;  // where the ring starts (after the double buffer)
+
+  constexpr int stage_bytes() const { return kBatchTile * ring_row; }
+  // Ring depth that fits `smem_limit` bytes (the device's per-block opt-in limit); below 2 the
+  // kernel does not fit this device and the launcher falls back to the alternating family.
+  constexpr int stages(int smem_limit) const {
+    const int s = (smem_limit - kSmemReserve - ring_offset) / stage_bytes();
+    return s > kMaxStages ? kMaxStages : s;
+  }
+  constexpr int bytes(int stages) const { return ring_offset + stages * stage_bytes(); }
 };
 
 // Forward: h double buffer [2][16][head_dim], ring of Wx_t tiles [stages][16][Gw * head_dim].
@@ -37,8 +40,6 @@ constexpr Layout forward_layout(int head_dim, int esize, int gates_w) {
   l.a_row = row_bytes(head_dim, esize);
   l.ring_row = row_bytes(gates_w * head_dim, esize);
   l.ring_offset = 2 * kBatchTile * l.a_row;
-  l.stages = stages_for(l.ring_offset, kBatchTile * l.ring_row);
-  l.bytes = l.ring_offset + l.stages * kBatchTile * l.ring_row;
   return l;
 }
 
@@ -49,8 +50,6 @@ constexpr Layout backward_layout(int head_dim, int esize, int gates_r, int saved
   l.a_row = row_bytes(gates_r * head_dim, esize);
   l.ring_row = row_bytes((saved + 2 * states) * head_dim, esize);
   l.ring_offset = 2 * kBatchTile * l.a_row;
-  l.stages = stages_for(l.ring_offset, kBatchTile * l.ring_row);
-  l.bytes = l.ring_offset + l.stages * kBatchTile * l.ring_row;
   return l;
 }
 

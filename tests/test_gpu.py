@@ -249,7 +249,7 @@ def test_cuda_error_becomes_python_exception_naming_the_kernel():
     Wx = torch.randn(1, 1, 1, 65536, 16, device="cuda")
     R = torch.randn(1, 65536, 16, 16, device="cuda")
     b = torch.randn(1, 65536, 16, device="cuda")
-    with pytest.raises(RuntimeError, match="alternating_forward_kernel.*cudaErrorInvalidConfiguration"):
+    with pytest.raises(RuntimeError, match=r"alternating_forward_kernel failed: cudaError"):
         flashrnn.flashrnn(Wx, R, b, function="elman", backend="cuda")
     torch.cuda.synchronize()  # the context is still usable
     flashrnn.flashrnn(Wx[:, :, :, :4], R[:, :4], b[:, :4], function="elman", backend="cuda")

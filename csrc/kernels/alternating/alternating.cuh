@@ -3,11 +3,11 @@
 // head dims with inert zero units) and any batch; R is read from L2 every step.
 //
 // A CTA owns 8 hidden units x 16 batch rows of one head (grid: x = unit group and batch tile,
-// y = head); its 4 warps split the contraction
-// (K = D forward, Gr * D backward) into interleaved 16-wide chunks, each on tensor cores
-// (m16n8k16, batch = M; 3xTF32 for fp32) with fragments loaded straight from global memory.
-// Partial products meet in shared memory; then each of the 128 threads runs the cell for one
-// (batch row, unit). States between steps are carried in an fp32 workspace [S, B, N, D]
+// y = head); its 8 warps split the contraction (K = D forward, Gr * D backward) into
+// interleaved 16-wide chunks, each on tensor cores (m16n8k16, batch = M; 3xTF32 for fp32) with
+// fragments loaded straight from L2, several chunks in flight per warp (the step is bound by
+// L2 latency, not bandwidth). Partial products meet in shared memory; then 128 threads run the
+// cell, one (batch row, unit) each. States between steps are carried in an fp32 workspace [S, B, N, D]
 // (forward: the states; backward: the carried dL/ds), updated in place by their owner thread.
 #pragma once
 
@@ -20,7 +20,34 @@
 namespace flashrnn {
 
 namespace alternating {
-constexpr int kThreads = 128, kWarps = 4, kRows = 16, kUnits = 8;
+constexpr int kThreads = 256, kWarps = 8, kRows = 16, kUnits = 8;
+constexpr int kInFlight = 4;  // chunks whose fragments a warp loads before multiplying
+}
+
+// acc += products of chunks warp, warp + kWarps, ... < chunks. load(c, a, b) fetches chunk c's
+// fragments. Each round of kInFlight chunks accumulates into a fresh fragment that is then
+// added to `acc` in fp32: tensor-core accumulation does not round to nearest, so long sums
+// (K = Gr * D up to 8192) are formed in two levels.
+template <class T, int kN, class Load>
+__device__ __forceinline__ void accumulate_chunks(float (&acc)[kN][4], int64_t chunks, bool tf32, Load load) {
+  using namespace alternating;
+  const int warp = threadIdx.x / 32;
+  for (int64_t c0 = warp; c0 < chunks; c0 += kWarps * kInFlight) {
+    uint32_t a[kInFlight][4], b[kInFlight][kN][2];
+#pragma unroll
+    for (int u = 0; u < kInFlight; ++u)
+      if (c0 + u * kWarps < chunks) load(c0 + u * kWarps, a[u], b[u]);
+    float part[kN][4] = {};
+#pragma unroll
+    for (int u = 0; u < kInFlight; ++u)
+      if (c0 + u * kWarps < chunks)
+#pragma unroll
+        for (int k = 0; k < kN; ++k) Mma<T>::mma(part[k], a[u], b[u][k], tf32);
+#pragma unroll
+    for (int k = 0; k < kN; ++k)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[k][e] += part[k][e];
+  }
 }
 
 // Sum of the 4 warps' partial C fragments of one n8 tile: writes red[warp][row][col].
@@ -42,7 +69,7 @@ __global__ void __launch_bounds__(alternating::kThreads)
   constexpr int kS = Cell::kStates, kSaved = Cell::kSaved;
   __shared__ float red[kGr][kWarps][kRows][kUnits + 1];
 
-  const int warp = threadIdx.x / 32, g = threadIdx.x % 32 / 4;
+  const int g = threadIdx.x % 32 / 4;
   const int64_t B = p.batch, steps = p.steps, N = p.heads, D = p.head_dim, ND = N * D;
   const int64_t groups = D / kUnits, u0 = blockIdx.x % groups * kUnits, b0 = blockIdx.x / groups * kRows, n = blockIdx.y;
   const T* r = static_cast<const T*>(p.r);
@@ -51,31 +78,30 @@ __global__ void __launch_bounds__(alternating::kThreads)
   // gates[b, k, i] = sum_j h_{t-1}[b, j] R[k, n, i, j] for i in [u0, u0 + 8)
   float acc[kGr][4] = {};
   const T* h = states + (t * B + b0) * ND + n * D;  // states[0, t, b0], rows ND apart
-#pragma unroll 4
-  for (int64_t c = warp; c < D / M::kK; c += kWarps) {
-    uint32_t a[4];
-    M::load_a(a, h + c * M::kK, ND, b0 + g < B, b0 + g + 8 < B);
+  const bool lo = b0 + g < B, hi = b0 + g + 8 < B;
+  accumulate_chunks<T>(acc, D / M::kK, p.allow_tf32, [&](int64_t c, uint32_t (&a)[4], uint32_t (&bf)[kGr][2]) {
+    M::load_a(a, h + c * M::kK, ND, lo, hi);
 #pragma unroll
-    for (int k = 0; k < kGr; ++k) {
-      uint32_t b[2];
-      M::load_b(b, r + ((k * N + n) * D + u0) * D + c * M::kK, D);
-      M::mma(acc[k], a, b, p.allow_tf32);
-    }
-  }
+    for (int k = 0; k < kGr; ++k) M::load_b(bf[k], r + ((k * N + n) * D + u0) * D + c * M::kK, D);
+  });
 #pragma unroll
   for (int k = 0; k < kGr; ++k) stash_fragment(red[k], acc[k]);
   __syncthreads();
 
   const int row = threadIdx.x / kUnits, col = threadIdx.x % kUnits;
   const int64_t b = b0 + row, u = u0 + col;
-  if (b >= B) return;
+  if (threadIdx.x >= kRows * kUnits || b >= B) return;
   const T* wx = static_cast<const T*>(p.wx) + b * p.wx_stride_b + t * p.wx_stride_t + n * D + u;
   const T* bias = static_cast<const T*>(p.bias) + n * D + u;
   float* carry = p.workspace + (b * N + n) * D + u;  // [S, B, N, D]
   const int64_t carry_stride = B * ND;
   float rh[kGr], w[kGw], bb[kGb], s[kS], sv[kSaved];
 #pragma unroll
-  for (int k = 0; k < kGr; ++k) rh[k] = red[k][0][row][col] + red[k][1][row][col] + red[k][2][row][col] + red[k][3][row][col];
+  for (int k = 0; k < kGr; ++k) {
+    rh[k] = 0.f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) rh[k] += red[k][w][row][col];
+  }
 #pragma unroll
   for (int k = 0; k < kGw; ++k) w[k] = to_float(wx[k * ND]);
 #pragma unroll
@@ -105,36 +131,35 @@ __global__ void __launch_bounds__(alternating::kThreads)
   constexpr int kGr = Cell::kGatesR, kGb = Cell::kGatesB, kS = Cell::kStates, kSaved = Cell::kSaved;
   __shared__ float red[kWarps][kRows][kUnits + 1];
 
-  const int warp = threadIdx.x / 32, g = threadIdx.x % 32 / 4;
+  const int g = threadIdx.x % 32 / 4;
   const int64_t B = p.batch, steps = p.steps, N = p.heads, D = p.head_dim, ND = N * D;
   const int64_t groups = D / kUnits, u0 = blockIdx.x % groups * kUnits, b0 = blockIdx.x / groups * kRows, n = blockIdx.y;
   T* dg = static_cast<T*>(p.dg);
 
   // rec[b, j] = sum_{k, i} dg_{t+1}[b, k, i] R[k, n, i, j] for j in [u0, u0 + 8); rt = R^T
-  float acc[4] = {};
+  float acc[1][4] = {};
   if (t < steps && !p.recurrent_cut) {
     const T* a_base = dg + (t * B + b0) * kGb * ND + n * D;  // dg row of step t + 1
-    const int64_t chunks = kGr * D / M::kK;
-#pragma unroll 4
-    for (int64_t c = warp; c < chunks; c += kWarps) {
+    const bool lo = b0 + g < B, hi = b0 + g + 8 < B;
+    accumulate_chunks<T>(acc, kGr * D / M::kK, p.allow_tf32, [&](int64_t c, uint32_t (&a)[4], uint32_t (&bf)[1][2]) {
       const int64_t k = c * M::kK / D, i0 = c * M::kK % D;
-      uint32_t a[4], b[2];
-      M::load_a(a, a_base + k * ND + i0, kGb * ND, b0 + g < B, b0 + g + 8 < B);
-      M::load_b(b, rt + (n * D + u0) * kGr * D + c * M::kK, kGr * D);
-      M::mma(acc, a, b, p.allow_tf32);
-    }
+      M::load_a(a, a_base + k * ND + i0, kGb * ND, lo, hi);
+      M::load_b(bf[0], rt + (n * D + u0) * kGr * D + c * M::kK, kGr * D);
+    });
   }
-  stash_fragment(red, acc);
+  stash_fragment(red, acc[0]);
   __syncthreads();
 
   const int row = threadIdx.x / kUnits, col = threadIdx.x % kUnits;
   const int64_t b = b0 + row, u = u0 + col;
-  if (b >= B) return;
+  if (threadIdx.x >= kRows * kUnits || b >= B) return;
   const int64_t carry_stride = B * ND;
   float* carry = p.workspace + (b * N + n) * D + u;
   const T* grad = static_cast<const T*>(p.grad_states) + b * ND + n * D + u;
   auto grad_at = [&](int s, int64_t tt) { return to_float(grad[(s * (steps + 1) + tt) * B * ND]); };
-  float rec = red[0][row][col] + red[1][row][col] + red[2][row][col] + red[3][row][col] + carry[0];
+  float rec = carry[0];
+#pragma unroll
+  for (int w = 0; w < kWarps; ++w) rec += red[w][row][col];
   if (p.recurrent_clip) rec = fminf(fmaxf(rec, -p.recurrent_clip_value), p.recurrent_clip_value);
 
   if (t == 0) {

@@ -16,7 +16,7 @@ struct Elman {
   // s: the states at t-1 in, at t out. All cell math is fp32; the kernels convert.
   __device__ static void forward(const float (&rh)[1], const float (&wx)[1], const float (&b)[1],
                                  float (&s)[1], float (&saved)[1]) {
-    s[0] = tanhf(rh[0] + wx[0] + b[0]);
+    s[0] = tanh_(rh[0] + wx[0] + b[0]);
     saved[0] = s[0];  // tanh'(x) = 1 - h^2, no second tanh
   }
 

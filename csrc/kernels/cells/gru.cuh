@@ -17,7 +17,7 @@ struct Gru {
     const float g = rh[0] + b[0];
     const float r = sigmoid(wx[0] + rh[1] + b[1]);
     const float z = sigmoid(wx[1] + rh[2] + b[2]);
-    const float n = tanhf(wx[2] + b[3] + r * g);
+    const float n = tanh_(wx[2] + b[3] + r * g);
     s[0] = z * s[0] + (1.f - z) * n;
     saved[0] = g; saved[1] = r; saved[2] = z; saved[3] = n;
   }

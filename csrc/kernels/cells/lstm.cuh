@@ -16,10 +16,10 @@ struct Lstm {
                                  float (&s)[2], float (&saved)[4]) {
     const float i = sigmoid(rh[0] + wx[0] + b[0]);
     const float f = sigmoid(rh[1] + wx[1] + b[1]);
-    const float z = tanhf(rh[2] + wx[2] + b[2]);
+    const float z = tanh_(rh[2] + wx[2] + b[2]);
     const float o = sigmoid(rh[3] + wx[3] + b[3]);
     const float c = f * s[1] + i * z;
-    s[0] = o * tanhf(c);
+    s[0] = o * tanh_(c);
     s[1] = c;
     saved[0] = i; saved[1] = f; saved[2] = z; saved[3] = o;
   }
@@ -27,7 +27,7 @@ struct Lstm {
   __device__ static void backward(const float (&saved)[4], const float (&s_prev)[2],
                                   const float (&s)[2], float (&ds)[2], float (&dg)[4]) {
     const float i = saved[0], f = saved[1], z = saved[2], o = saved[3];
-    const float tc = tanhf(s[1]);
+    const float tc = tanh_(s[1]);
     const float dc = ds[1] + ds[0] * o * (1.f - tc * tc);
     dg[0] = dc * z * i * (1.f - i);
     dg[1] = dc * s_prev[1] * f * (1.f - f);

@@ -25,11 +25,11 @@ struct Slstm {
     const float m = n_prev == 0.f ? it : fmaxf(it, lf + m_prev);
     const float i = __expf(it - m);
     const float f = __expf(lf + m_prev - m);
-    const float z = tanhf(rh[2] + wx[2] + b[2]);
+    const float z = tanh_(rh[2] + wx[2] + b[2]);
     const float o = sigmoid(rh[3] + wx[3] + b[3]);
     const float c = f * c_prev + i * z;
     const float n = fmaxf(f * n_prev + i, 1.f);
-    s[0] = o * c / n;
+    s[0] = o * c * fast_rcp(n);
     s[1] = c; s[2] = n; s[3] = m;
     saved[0] = i; saved[1] = f; saved[2] = z; saved[3] = o; saved[4] = sigmoid(-ft);  // d log_sigmoid(f~) / d f~
   }
@@ -37,7 +37,7 @@ struct Slstm {
   __device__ static void backward(const float (&saved)[5], const float (&s_prev)[4],
                                   const float (&s)[4], float (&ds)[4], float (&dg)[4]) {
     const float i = saved[0], f = saved[1], z = saved[2], o = saved[3], dlf = saved[4];
-    const float c = s[1], inv_n = 1.f / s[2];
+    const float c = s[1], inv_n = fast_rcp(s[2]);
     const float dh = ds[0];
     const float dc = ds[1] + dh * o * inv_n;
     const float dn = ds[2] - dh * o * c * inv_n * inv_n;

@@ -45,7 +45,7 @@ __global__ void __launch_bounds__(fused::warps(kHeadDim) * 32, 1)
   const T* saved = static_cast<const T*>(p.saved);
   const T* grad = static_cast<const T*>(p.grad_states);
   T* dg_out = static_cast<T*>(p.dg);
-  auto state_at = [&](int s, int64_t t, int64_t b) { return ((s * (steps + 1) + t) * B + b) * ND + n * D; };
+  const int64_t step_stride = B * ND, state_stride = (steps + 1) * step_stride;
 
   // B fragments of R as a [K = (k, i)] x [this warp's 8 input units j] operand: R[k, n, i, j].
   uint32_t rf[kChunks][2];
@@ -60,34 +60,57 @@ __global__ void __launch_bounds__(fused::warps(kHeadDim) * 32, 1)
   // Columns past D are never read (their chunks are skipped), but start from finite values.
   for (int i = threadIdx.x; i < 2 * kRows * L.a_row / 4; i += blockDim.x) reinterpret_cast<uint32_t*>(smem)[i] = 0u;
 
-  float st[2][2][kS];  // s_t, [row][unit][state]
+  float st[2][2][kS];   // s_t, [row][unit][state]
   float dsc[2][2][kS];  // dL/ds_t through paths other than R (cell-defined), fp32
+  T* out_dg[2];         // dg of this lane's row at step t: out_dg[rr] + (t - 1) * Gb * step_stride
 #pragma unroll
-  for (int rr = 0; rr < 2; ++rr)
+  for (int rr = 0; rr < 2; ++rr) {
+    const int64_t b = b0 + g + 8 * rr;
+    out_dg[rr] = dg_out + ((steps - 1) * B + b) * kGb * ND + n * D + unit;
 #pragma unroll
     for (int s = 0; s < kS; ++s) {
       st[rr][0][s] = st[rr][1][s] = dsc[rr][0][s] = dsc[rr][1][s] = 0.f;
-      if (row_ok[rr]) load_pair(states + state_at(s, steps, b0 + g + 8 * rr) + unit, st[rr][0][s], st[rr][1][s]);
+      if (row_ok[rr]) load_pair(states + s * state_stride + steps * step_stride + b * ND + n * D + unit, st[rr][0][s], st[rr][1][s]);
     }
+  }
 
-  // Step t's tile -> ring slot t % stages: per batch row, saved[t-1] (K rows), states[:, t-1]
-  // (S rows), grad_states[:, t] (S rows), each head_dim wide.
+  // Step t's tile -> ring slot: per batch row, saved[t-1] (K rows), states[:, t-1] (S rows),
+  // grad_states[:, t] (S rows), each head_dim wide. Each thread owns the same copies every
+  // step: their offsets at step t = 1 are computed once; step t adds (t - 1) * stride.
   constexpr int kCopiesPerRow = kHeadDim * int(sizeof(T)) / 16;
+  constexpr int kCopies = kRows * kSubRows * kCopiesPerRow, kThreads = fused::warps(kHeadDim) * 32;
+  constexpr int kCopiesPerThread = (kCopies + kThreads - 1) / kThreads;
+  const T* copy_src[kCopiesPerThread];
+  int64_t copy_step[kCopiesPerThread];  // elements per step back in time
+  int copy_dst[kCopiesPerThread];
+  bool copy_ok[kCopiesPerThread];
+#pragma unroll
+  for (int j = 0; j < kCopiesPerThread; ++j) {
+    const int i = threadIdx.x + j * kThreads;
+    const int row = i / (kSubRows * kCopiesPerRow), sub = i / kCopiesPerRow % kSubRows, c = i % kCopiesPerRow;
+    const int64_t b = b0 + row, col = int64_t(c) * 16 / sizeof(T), at = b * ND + n * D + col;
+    copy_ok[j] = i < kCopies && b < B && col < D;
+    if (sub < kSaved) {
+      copy_src[j] = saved + b * kSaved * ND + sub * ND + n * D + col;
+      copy_step[j] = kSaved * step_stride;
+    } else if (sub < kSaved + kS) {
+      copy_src[j] = states + (sub - kSaved) * state_stride + at;
+      copy_step[j] = step_stride;
+    } else {
+      copy_src[j] = grad + (sub - kSaved - kS) * state_stride + step_stride + at;
+      copy_step[j] = step_stride;
+    }
+    copy_dst[j] = row * L.ring_row + (sub * kHeadDim + int(col)) * int(sizeof(T));
+  }
+  unsigned char* ring = smem + L.ring_offset;
+  const int slot_bytes = kRows * L.ring_row;
   auto prefetch = [&](int64_t t) {
     if (t < 1) return;
-    unsigned char* slot = smem + L.ring_offset + int(t % stages) * kRows * L.ring_row;
-    for (int i = threadIdx.x; i < kRows * kSubRows * kCopiesPerRow; i += blockDim.x) {
-      const int row = i / (kSubRows * kCopiesPerRow), sub = i / kCopiesPerRow % kSubRows, c = i % kCopiesPerRow;
-      const int64_t b = b0 + row, col = int64_t(c) * 16 / sizeof(T);
-      const bool valid = b < B && col < D;
-      const T* src = states;
-      if (valid) {
-        if (sub < kSaved) src = saved + (((t - 1) * B + b) * kSaved + sub) * ND + n * D + col;
-        else if (sub < kSaved + kS) src = states + state_at(sub - kSaved, t - 1, b) + col;
-        else src = grad + state_at(sub - kSaved - kS, t, b) + col;
-      }
-      cp_async_16(slot + row * L.ring_row + (sub * kHeadDim + col) * sizeof(T), src, valid);
-    }
+    unsigned char* slot = ring + int(t) % stages * slot_bytes;
+#pragma unroll
+    for (int j = 0; j < kCopiesPerThread; ++j)
+      if (threadIdx.x + j * kThreads < kCopies)
+        cp_async_16(slot + copy_dst[j], copy_ok[j] ? copy_src[j] + (t - 1) * copy_step[j] : states, copy_ok[j]);
   };
   // Ring invariant: at the barrier ending step t, slots t-1 .. t-stages+1 are filled or in
   // flight; slot t is free once that barrier has passed.
@@ -126,7 +149,7 @@ __global__ void __launch_bounds__(fused::warps(kHeadDim) * 32, 1)
     if (active) {
       float rec[4] = {};
       if (t < steps && !p.recurrent_cut) recurrent_product((t + 1) & 1, rec);
-      const unsigned char* slot = smem + L.ring_offset + int(t % stages) * kRows * L.ring_row;
+      const unsigned char* slot = ring + int(t) % stages * slot_bytes;
 #pragma unroll
       for (int rr = 0; rr < 2; ++rr) {
         const T* srow = reinterpret_cast<const T*>(slot + (g + 8 * rr) * L.ring_row) + unit;
@@ -164,11 +187,10 @@ __global__ void __launch_bounds__(fused::warps(kHeadDim) * 32, 1)
 #pragma unroll
         for (int k = 0; k < kGr; ++k) store_pair(dg_row(t & 1, g + 8 * rr) + k * kHeadDim + unit, dg[0][k], dg[1][k]);
         if (row_ok[rr]) {
-          const int64_t b = b0 + g + 8 * rr;
 #pragma unroll
-          for (int k = 0; k < kGb; ++k)
-            store_pair(dg_out + (((t - 1) * B + b) * kGb + k) * ND + n * D + unit, dg[0][k], dg[1][k]);
+          for (int k = 0; k < kGb; ++k) store_pair(out_dg[rr] + k * ND, dg[0][k], dg[1][k]);
         }
+        out_dg[rr] -= kGb * step_stride;
       }
     }
     cp_async_wait_at_most(stages - 2);
@@ -186,17 +208,17 @@ __global__ void __launch_bounds__(fused::warps(kHeadDim) * 32, 1)
 #pragma unroll
   for (int rr = 0; rr < 2; ++rr) {
     if (!row_ok[rr]) continue;
-    const int64_t b = b0 + g + 8 * rr;
+    const int64_t at = (b0 + g + 8 * rr) * ND + n * D + unit;
 #pragma unroll
     for (int s = 0; s < kS; ++s) {
       float g0, g1;
-      load_pair(grad + state_at(s, 0, b) + unit, g0, g1);
+      load_pair(grad + s * state_stride + at, g0, g1);
       float v0 = dsc[rr][0][s], v1 = dsc[rr][1][s];
       if (s == 0) {
         v0 = carried(rec[2 * rr], v0);
         v1 = carried(rec[2 * rr + 1], v1);
       }
-      store_pair(d0 + (s * B + b) * ND + n * D + unit, v0 + g0, v1 + g1);
+      store_pair(d0 + s * step_stride + at, v0 + g0, v1 + g1);
     }
   }
 }

@@ -41,7 +41,7 @@ __global__ void __launch_bounds__(fused::warps(kHeadDim) * 32, 1)
   const T* bias = static_cast<const T*>(p.bias);
   T* states = static_cast<T*>(p.states);
   T* saved = static_cast<T*>(p.saved);
-  auto state_at = [&](int s, int64_t t, int64_t b) { return ((s * (steps + 1) + t) * B + b) * ND + n * D + unit; };
+  const int64_t step_stride = B * ND, state_stride = (steps + 1) * step_stride;
 
   // R_k^T as B fragments: element (j, i) = R[k, n, i, j] for this warp's output units i.
   uint32_t rf[kGr][kChunks][2];
@@ -60,14 +60,21 @@ __global__ void __launch_bounds__(fused::warps(kHeadDim) * 32, 1)
     if (active) load_pair(bias + (k * N + n) * D + unit, bb[k][0], bb[k][1]);
   }
 
+  // This lane's outputs: row rr's states at step t are out_states[rr] + t * step_stride + s * state_stride.
+  T* out_states[2];
+  T* out_saved[2];
   float st[2][2][kS];  // [row][unit][state], fp32 for the whole sequence
 #pragma unroll
-  for (int rr = 0; rr < 2; ++rr)
+  for (int rr = 0; rr < 2; ++rr) {
+    const int64_t b = b0 + g + 8 * rr;
+    out_states[rr] = states + b * ND + n * D + unit;
+    out_saved[rr] = saved == nullptr ? nullptr : saved + b * kSaved * ND + n * D + unit;
 #pragma unroll
     for (int s = 0; s < kS; ++s) {
       st[rr][0][s] = st[rr][1][s] = 0.f;
-      if (row_ok[rr]) load_pair(states + state_at(s, 0, b0 + g + 8 * rr), st[rr][0][s], st[rr][1][s]);
+      if (row_ok[rr]) load_pair(out_states[rr] + s * state_stride, st[rr][0][s], st[rr][1][s]);
     }
+  }
 
   auto h_row = [&](int buf, int row) {
     return reinterpret_cast<T*>(smem + (buf * kRows + row) * L.a_row);
@@ -77,30 +84,47 @@ __global__ void __launch_bounds__(fused::warps(kHeadDim) * 32, 1)
 #pragma unroll
     for (int rr = 0; rr < 2; ++rr) store_pair(h_row(buf, g + 8 * rr) + unit, st[rr][0][0], st[rr][1][0]);
 
-  // Wx_t tile -> ring slot t % stages: 16 rows x Gw gates x D values, in 16-byte copies.
+  // Wx_t tile -> ring slot: 16 rows x Gw gates x D values in 16-byte copies; each thread owns
+  // the same few copies every step, so their offsets are computed once.
   constexpr int kCopiesPerGate = kHeadDim * int(sizeof(T)) / 16;
-  auto prefetch = [&](int64_t t) {
+  constexpr int kCopies = kRows * kGw * kCopiesPerGate, kThreads = fused::warps(kHeadDim) * 32;
+  constexpr int kCopiesPerThread = (kCopies + kThreads - 1) / kThreads;
+  int64_t copy_src[kCopiesPerThread];
+  int copy_dst[kCopiesPerThread];
+  bool copy_ok[kCopiesPerThread];
+#pragma unroll
+  for (int j = 0; j < kCopiesPerThread; ++j) {
+    const int i = threadIdx.x + j * kThreads;
+    const int row = i / (kGw * kCopiesPerGate), k = i / kCopiesPerGate % kGw, c = i % kCopiesPerGate;
+    const int64_t b = b0 + row, col = int64_t(c) * 16 / sizeof(T);
+    copy_ok[j] = i < kCopies && b < B && col < D;
+    copy_src[j] = copy_ok[j] ? b * p.wx_stride_b + k * ND + n * D + col : 0;
+    copy_dst[j] = row * L.ring_row + (k * kHeadDim + int(col)) * int(sizeof(T));
+  }
+  unsigned char* ring = smem + L.ring_offset;
+  const int slot_bytes = kRows * L.ring_row;
+  auto prefetch = [&](int64_t t, int slot) {
     if (t >= steps) return;
-    unsigned char* slot = smem + L.ring_offset + int(t % stages) * kRows * L.ring_row;
-    for (int i = threadIdx.x; i < kRows * kGw * kCopiesPerGate; i += blockDim.x) {
-      const int row = i / (kGw * kCopiesPerGate), k = i / kCopiesPerGate % kGw, c = i % kCopiesPerGate;
-      const int64_t b = b0 + row, col = int64_t(c) * 16 / sizeof(T);
-      const bool valid = b < B && col < D;
-      const T* src = valid ? wx + b * p.wx_stride_b + t * p.wx_stride_t + k * ND + n * D + col : wx;
-      cp_async_16(slot + row * L.ring_row + (k * kHeadDim + col) * sizeof(T), src, valid);
-    }
+    const T* wx_t = wx + t * p.wx_stride_t;
+#pragma unroll
+    for (int j = 0; j < kCopiesPerThread; ++j)
+      if (threadIdx.x + j * kThreads < kCopies)
+        cp_async_16(ring + slot * slot_bytes + copy_dst[j], copy_ok[j] ? wx_t + copy_src[j] : wx, copy_ok[j]);
   };
   for (int s = 0; s < stages - 1; ++s) {
-    prefetch(s);
+    prefetch(s, s);
     cp_async_commit();
   }
 
   const float clip = p.forward_clip_value;
+  int slot = 0;  // ring slot of step t
   for (int64_t t = 0; t < steps; ++t) {
     cp_async_wait_at_most(stages - 2);
     __syncthreads();  // h_t-1 and the Wx_t slot are visible; slot (t-1) may be refilled
-    prefetch(t + stages - 1);
+    prefetch(t + stages - 1, slot == 0 ? stages - 1 : slot - 1);
     cp_async_commit();
+    const unsigned char* slot_ptr = ring + slot * slot_bytes;
+    slot = slot + 1 == stages ? 0 : slot + 1;
     if (!active) continue;
 
     float acc[kGr][4] = {};
@@ -114,10 +138,9 @@ __global__ void __launch_bounds__(fused::warps(kHeadDim) * 32, 1)
       for (int k = 0; k < kGr; ++k) M::mma(acc[k], a, rf[k][c], p.allow_tf32);
     }
 
-    const unsigned char* slot = smem + L.ring_offset + int(t % stages) * kRows * L.ring_row;
 #pragma unroll
     for (int rr = 0; rr < 2; ++rr) {
-      const T* wx_row = reinterpret_cast<const T*>(slot + (g + 8 * rr) * L.ring_row) + unit;
+      const T* wx_row = reinterpret_cast<const T*>(slot_ptr + (g + 8 * rr) * L.ring_row) + unit;
       float w[kGw][2];
 #pragma unroll
       for (int k = 0; k < kGw; ++k) load_pair(wx_row + k * kHeadDim, w[k][0], w[k][1]);
@@ -136,13 +159,13 @@ __global__ void __launch_bounds__(fused::warps(kHeadDim) * 32, 1)
       }
       store_pair(h_row((t + 1) & 1, g + 8 * rr) + unit, st[rr][0][0], st[rr][1][0]);
       if (!row_ok[rr]) continue;
-      const int64_t b = b0 + g + 8 * rr;
+      out_states[rr] += step_stride;
 #pragma unroll
-      for (int s = 0; s < kS; ++s) store_pair(states + state_at(s, t + 1, b), st[rr][0][s], st[rr][1][s]);
+      for (int s = 0; s < kS; ++s) store_pair(out_states[rr] + s * state_stride, st[rr][0][s], st[rr][1][s]);
       if (saved != nullptr) {
 #pragma unroll
-        for (int k = 0; k < kSaved; ++k)
-          store_pair(saved + ((t * B + b) * kSaved + k) * ND + n * D + unit, sv[0][k], sv[1][k]);
+        for (int k = 0; k < kSaved; ++k) store_pair(out_saved[rr] + k * ND, sv[0][k], sv[1][k]);
+        out_saved[rr] += step_stride * kSaved;
       }
     }
   }

@@ -35,6 +35,12 @@ struct ForwardParams {
   bool allow_tf32 = false;       // fp32 only: one TF32 product instead of three (3xTF32)
 };
 
+// What the launchers need to know of the device (queried once per call by the core).
+struct DeviceLimits {
+  int smem_per_block = 0;  // opt-in shared memory per block, bytes
+  int sm_count = 0;
+};
+
 struct BackwardParams {
   int64_t batch = 0, steps = 0, heads = 0, head_dim = 0;
   const void* r = nullptr;

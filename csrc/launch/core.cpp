@@ -62,10 +62,11 @@ void with_bucket(int bucket, bool is_float, F&& f) {
 
 void set_device(int device) { FLASHRNN_CUDA_CHECK(cudaSetDevice(device)); }
 
-int smem_limit(int device) {
-  int bytes = 0;
-  FLASHRNN_CUDA_CHECK(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  return bytes;
+DeviceLimits limits_of(int device) {
+  DeviceLimits d;
+  FLASHRNN_CUDA_CHECK(cudaDeviceGetAttribute(&d.smem_per_block, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  FLASHRNN_CUDA_CHECK(cudaDeviceGetAttribute(&d.sm_count, cudaDevAttrMultiProcessorCount, device));
+  return d;
 }
 
 int element_size(DType dtype) { return dtype == DType::kFloat32 ? 4 : 2; }
@@ -83,7 +84,7 @@ int fused_bucket(CellKind cell, DType dtype, int64_t head_dim, int device) {
   if (head_dim > 1 << 20) return 0;
   const int bucket = fused::bucket_for(int(head_dim), dtype == DType::kFloat32);
   if (bucket == 0) return 0;
-  const int limit = smem_limit(device), esize = element_size(dtype);
+  const int limit = limits_of(device).smem_per_block, esize = element_size(dtype);
   const bool fits = fused::forward_layout(bucket, esize, c.gates_w).stages(limit) >= 2 &&
                     fused::backward_layout(bucket, esize, c.gates_r, c.saved, c.states).stages(limit) >= 2;
   return fits ? bucket : 0;
@@ -118,11 +119,12 @@ void forward(Family family, CellKind cell, DType dtype, int device, const Forwar
     with_cell_and_dtype(cell, dtype, [&]<class C, class T>() { launch_alternating_forward<C, T>(p, stream); });
     return;
   }
-  const int bucket = fused_bucket(cell, dtype, p.head_dim, device), limit = smem_limit(device);
+  const int bucket = fused_bucket(cell, dtype, p.head_dim, device);
+  const DeviceLimits limits = limits_of(device);
   FLASHRNN_CHECK(bucket != 0, "no fused kernel for head_dim " << p.head_dim << " on device " << device);
   with_cell_and_dtype(cell, dtype, [&]<class C, class T>() {
     with_bucket(bucket, dtype == DType::kFloat32,
-                [&]<int kHeadDim>() { launch_fused_forward<C, T, kHeadDim>(p, limit, stream); });
+                [&]<int kHeadDim>() { launch_fused_forward<C, T, kHeadDim>(p, limits, stream); });
   });
 }
 
@@ -133,11 +135,12 @@ void backward(Family family, CellKind cell, DType dtype, int device, const Backw
     with_cell_and_dtype(cell, dtype, [&]<class C, class T>() { launch_alternating_backward<C, T>(p, stream); });
     return;
   }
-  const int bucket = fused_bucket(cell, dtype, p.head_dim, device), limit = smem_limit(device);
+  const int bucket = fused_bucket(cell, dtype, p.head_dim, device);
+  const DeviceLimits limits = limits_of(device);
   FLASHRNN_CHECK(bucket != 0, "no fused kernel for head_dim " << p.head_dim << " on device " << device);
   with_cell_and_dtype(cell, dtype, [&]<class C, class T>() {
     with_bucket(bucket, dtype == DType::kFloat32,
-                [&]<int kHeadDim>() { launch_fused_backward<C, T, kHeadDim>(p, limit, stream); });
+                [&]<int kHeadDim>() { launch_fused_backward<C, T, kHeadDim>(p, limits, stream); });
   });
 }
 

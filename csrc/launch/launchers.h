@@ -21,10 +21,10 @@ template <class Cell, class T>
 void launch_alternating_forward(const ForwardParams& p, cudaStream_t stream);
 template <class Cell, class T>
 void launch_alternating_backward(const BackwardParams& p, cudaStream_t stream);
-// smem_limit: the device's per-block opt-in shared memory; it sets the prefetch ring depth.
+// The device's limits set the prefetch ring depth and the batch rows per CTA.
 template <class Cell, class T, int kHeadDim>
-void launch_fused_forward(const ForwardParams& p, int smem_limit, cudaStream_t stream);
+void launch_fused_forward(const ForwardParams& p, const DeviceLimits& device, cudaStream_t stream);
 template <class Cell, class T, int kHeadDim>
-void launch_fused_backward(const BackwardParams& p, int smem_limit, cudaStream_t stream);
+void launch_fused_backward(const BackwardParams& p, const DeviceLimits& device, cudaStream_t stream);
 
 }  // namespace flashrnn

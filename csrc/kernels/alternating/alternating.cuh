@@ -108,7 +108,7 @@ __global__ void __launch_bounds__(alternating::kThreads)
   for (int k = 0; k < kGb; ++k) bb[k] = to_float(bias[k * ND]);
 #pragma unroll
   for (int i = 0; i < kS; ++i) s[i] = carry[i * carry_stride];
-  Cell::forward(rh, w, bb, s, sv);
+  Cell::template forward<MathFor<T>>(rh, w, bb, s, sv);
   if (p.forward_clip) s[0] = fminf(fmaxf(s[0], -p.forward_clip_value), p.forward_clip_value);
 #pragma unroll
   for (int i = 0; i < kS; ++i) {
@@ -179,7 +179,7 @@ __global__ void __launch_bounds__(alternating::kThreads)
     sc[s] = to_float(states[(s * (steps + 1) + t) * B * ND]);
     ds[s] = (s == 0 ? rec : carry[s * carry_stride]) + grad_at(s, t);
   }
-  Cell::backward(sv, sp, sc, ds, dgv);
+  Cell::template backward<MathFor<T>>(sv, sp, sc, ds, dgv);
   T* out = dg + ((t - 1) * B + b) * kGb * ND + n * D + u;
 #pragma unroll
   for (int k = 0; k < kGb; ++k) out[k * ND] = from_float<T>(dgv[k]);

@@ -12,16 +12,18 @@ struct Gru {
   static constexpr int kStates = 1;  // h
   static constexpr int kSaved = 4;   // g~ = R_g h + b_g, r, z, n (after tanh)
 
+  template <class Math>
   __device__ static void forward(const float (&rh)[3], const float (&wx)[3], const float (&b)[4],
                                  float (&s)[1], float (&saved)[4]) {
     const float g = rh[0] + b[0];
-    const float r = sigmoid(wx[0] + rh[1] + b[1]);
-    const float z = sigmoid(wx[1] + rh[2] + b[2]);
-    const float n = tanh_(wx[2] + b[3] + r * g);
+    const float r = Math::sigmoid(wx[0] + rh[1] + b[1]);
+    const float z = Math::sigmoid(wx[1] + rh[2] + b[2]);
+    const float n = Math::tanh(wx[2] + b[3] + r * g);
     s[0] = z * s[0] + (1.f - z) * n;
     saved[0] = g; saved[1] = r; saved[2] = z; saved[3] = n;
   }
 
+  template <class Math>
   __device__ static void backward(const float (&saved)[4], const float (&s_prev)[1],
                                   const float (&)[1], float (&ds)[1], float (&dg)[4]) {
     const float g = saved[0], r = saved[1], z = saved[2], n = saved[3];

@@ -16,6 +16,7 @@ struct Slstm {
   static constexpr int kStates = 4;  // h, c, n, m
   static constexpr int kSaved = 5;   // i, f (stabilized), z, o, 1 - sigmoid(f~)
 
+  template <class Math>
   __device__ static void forward(const float (&rh)[4], const float (&wx)[4], const float (&b)[4],
                                  float (&s)[4], float (&saved)[5]) {
     const float it = rh[0] + wx[0] + b[0];
@@ -25,15 +26,16 @@ struct Slstm {
     const float m = n_prev == 0.f ? it : fmaxf(it, lf + m_prev);
     const float i = __expf(it - m);
     const float f = __expf(lf + m_prev - m);
-    const float z = tanh_(rh[2] + wx[2] + b[2]);
-    const float o = sigmoid(rh[3] + wx[3] + b[3]);
+    const float z = Math::tanh(rh[2] + wx[2] + b[2]);
+    const float o = Math::sigmoid(rh[3] + wx[3] + b[3]);
     const float c = f * c_prev + i * z;
     const float n = fmaxf(f * n_prev + i, 1.f);
     s[0] = o * c * fast_rcp(n);
     s[1] = c; s[2] = n; s[3] = m;
-    saved[0] = i; saved[1] = f; saved[2] = z; saved[3] = o; saved[4] = sigmoid(-ft);  // d log_sigmoid(f~) / d f~
+    saved[0] = i; saved[1] = f; saved[2] = z; saved[3] = o; saved[4] = Math::sigmoid(-ft);  // d log_sigmoid(f~) / d f~
   }
 
+  template <class Math>
   __device__ static void backward(const float (&saved)[5], const float (&s_prev)[4],
                                   const float (&s)[4], float (&ds)[4], float (&dg)[4]) {
     const float i = saved[0], f = saved[1], z = saved[2], o = saved[3], dlf = saved[4];

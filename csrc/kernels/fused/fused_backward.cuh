@@ -1,4 +1,5 @@
-// Fused backward: one persistent CTA per (head, 16-row batch tile) runs the T steps in reverse.
+// Fused backward: one persistent CTA per (head, batch tile of 8 or 16 rows) runs the T steps in
+// reverse.
 //
 // What a CTA owns: R of its head as tensor-core B fragments of the product dg_t R (in registers,
 // loaded once); the carried gradients dL/ds (fp32) and the states s_t of its 16 x D elements.
@@ -22,9 +23,10 @@ namespace flashrnn {
 
 template <class Cell, class T, int kHeadDim>
 __global__ void __launch_bounds__(fused::warps(kHeadDim) * 32, 1)
-    fused_backward_kernel(const BackwardParams p, const int stages) {
+    fused_backward_kernel(const BackwardParams p, const int stages, const int rows) {
   static_assert(cells::Cell<Cell>, "see cells/elman.cuh for what a cell must define");
   using M = Mma<T>;
+  using Math = MathFor<T>;
   constexpr int kGr = Cell::kGatesR, kGb = Cell::kGatesB, kS = Cell::kStates, kSaved = Cell::kSaved;
   constexpr int kChunksPerGate = kHeadDim / M::kK;
   constexpr int kChunks = kGr * kChunksPerGate;  // K = Gr * D of R^T dg
@@ -36,10 +38,11 @@ __global__ void __launch_bounds__(fused::warps(kHeadDim) * 32, 1)
   extern __shared__ __align__(128) unsigned char smem[];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
   const int64_t B = p.batch, steps = p.steps, N = p.heads, D = p.head_dim, ND = N * D;
-  const int64_t n = blockIdx.y, b0 = int64_t(blockIdx.x) * kRows;
+  const int64_t n = blockIdx.y, b0 = int64_t(blockIdx.x) * rows;
   const int unit = warp * 8 + 2 * q;
   const bool active = warp * 8 < D;
-  const bool row_ok[2] = {active && b0 + g < B, active && b0 + g + 8 < B};
+  const int my_rows = rows == kRows ? 2 : 1;  // lane rows g (and g + 8 when the CTA has 16)
+  const bool row_ok[2] = {active && b0 + g < B, active && rows == kRows && b0 + g + 8 < B};
   const T* r = static_cast<const T*>(p.r);
   const T* states = static_cast<const T*>(p.states);
   const T* saved = static_cast<const T*>(p.saved);
@@ -83,13 +86,14 @@ __global__ void __launch_bounds__(fused::warps(kHeadDim) * 32, 1)
   const T* copy_src[kCopiesPerThread];
   int64_t copy_step[kCopiesPerThread];  // elements per step back in time
   int copy_dst[kCopiesPerThread];
-  bool copy_ok[kCopiesPerThread];
+  bool copy_live[kCopiesPerThread], copy_ok[kCopiesPerThread];
 #pragma unroll
   for (int j = 0; j < kCopiesPerThread; ++j) {
     const int i = threadIdx.x + j * kThreads;
     const int row = i / (kSubRows * kCopiesPerRow), sub = i / kCopiesPerRow % kSubRows, c = i % kCopiesPerRow;
     const int64_t b = b0 + row, col = int64_t(c) * 16 / sizeof(T), at = b * ND + n * D + col;
-    copy_ok[j] = i < kCopies && b < B && col < D;
+    copy_live[j] = i < kCopies && row < rows;
+    copy_ok[j] = copy_live[j] && b < B && col < D;
     if (sub < kSaved) {
       copy_src[j] = saved + b * kSaved * ND + sub * ND + n * D + col;
       copy_step[j] = kSaved * step_stride;
@@ -109,8 +113,7 @@ __global__ void __launch_bounds__(fused::warps(kHeadDim) * 32, 1)
     unsigned char* slot = ring + int(t) % stages * slot_bytes;
 #pragma unroll
     for (int j = 0; j < kCopiesPerThread; ++j)
-      if (threadIdx.x + j * kThreads < kCopies)
-        cp_async_16(slot + copy_dst[j], copy_ok[j] ? copy_src[j] + (t - 1) * copy_step[j] : states, copy_ok[j]);
+      if (copy_live[j]) cp_async_16(slot + copy_dst[j], copy_ok[j] ? copy_src[j] + (t - 1) * copy_step[j] : states, copy_ok[j]);
   };
   // Ring invariant: at the barrier ending step t, slots t-1 .. t-stages+1 are filled or in
   // flight; slot t is free once that barrier has passed.
@@ -150,30 +153,36 @@ __global__ void __launch_bounds__(fused::warps(kHeadDim) * 32, 1)
       float rec[4] = {};
       if (t < steps && !p.recurrent_cut) recurrent_product((t + 1) & 1, rec);
       const unsigned char* slot = ring + int(t) % stages * slot_bytes;
+      // Loads, then all cell updates, then all stores (independent elements interleave).
+      float sv[2][kSaved][2], sp[2][kS][2], gs[2][kS][2];
 #pragma unroll
       for (int rr = 0; rr < 2; ++rr) {
+        if (rr >= my_rows) break;
         const T* srow = reinterpret_cast<const T*>(slot + (g + 8 * rr) * L.ring_row) + unit;
-        float sv[kSaved][2], sp[kS][2], gs[kS][2];
 #pragma unroll
-        for (int k = 0; k < kSaved; ++k) load_pair(srow + k * kHeadDim, sv[k][0], sv[k][1]);
+        for (int k = 0; k < kSaved; ++k) load_pair(srow + k * kHeadDim, sv[rr][k][0], sv[rr][k][1]);
 #pragma unroll
         for (int s = 0; s < kS; ++s) {
-          load_pair(srow + (kSaved + s) * kHeadDim, sp[s][0], sp[s][1]);
-          load_pair(srow + (kSaved + kS + s) * kHeadDim, gs[s][0], gs[s][1]);
+          load_pair(srow + (kSaved + s) * kHeadDim, sp[rr][s][0], sp[rr][s][1]);
+          load_pair(srow + (kSaved + kS + s) * kHeadDim, gs[rr][s][0], gs[rr][s][1]);
         }
-        float dg[2][kGb];
+      }
+      float dg[2][2][kGb];
+#pragma unroll
+      for (int rr = 0; rr < 2; ++rr) {
+        if (rr >= my_rows) break;
 #pragma unroll
         for (int u = 0; u < 2; ++u) {
           float svu[kSaved], spu[kS], ds[kS];
 #pragma unroll
-          for (int k = 0; k < kSaved; ++k) svu[k] = sv[k][u];
+          for (int k = 0; k < kSaved; ++k) svu[k] = sv[rr][k][u];
 #pragma unroll
           for (int s = 0; s < kS; ++s) {
-            spu[s] = sp[s][u];
-            ds[s] = dsc[rr][u][s] + gs[s][u];
+            spu[s] = sp[rr][s][u];
+            ds[s] = dsc[rr][u][s] + gs[rr][s][u];
           }
-          ds[0] = carried(rec[2 * rr + u], dsc[rr][u][0]) + gs[0][u];
-          Cell::backward(svu, spu, st[rr][u], ds, dg[u]);
+          ds[0] = carried(rec[2 * rr + u], dsc[rr][u][0]) + gs[rr][0][u];
+          Cell::template backward<Math>(svu, spu, st[rr][u], ds, dg[rr][u]);
 #pragma unroll
           for (int s = 0; s < kS; ++s) {
             dsc[rr][u][s] = ds[s];
@@ -181,14 +190,18 @@ __global__ void __launch_bounds__(fused::warps(kHeadDim) * 32, 1)
           }
           if (!row_ok[rr]) {
 #pragma unroll
-            for (int k = 0; k < kGb; ++k) dg[u][k] = 0.f;
+            for (int k = 0; k < kGb; ++k) dg[rr][u][k] = 0.f;
           }
         }
+      }
 #pragma unroll
-        for (int k = 0; k < kGr; ++k) store_pair(dg_row(t & 1, g + 8 * rr) + k * kHeadDim + unit, dg[0][k], dg[1][k]);
+      for (int rr = 0; rr < 2; ++rr) {
+        if (rr >= my_rows) break;
+#pragma unroll
+        for (int k = 0; k < kGr; ++k) store_pair(dg_row(t & 1, g + 8 * rr) + k * kHeadDim + unit, dg[rr][0][k], dg[rr][1][k]);
         if (row_ok[rr]) {
 #pragma unroll
-          for (int k = 0; k < kGb; ++k) store_pair(out_dg[rr] + k * ND, dg[0][k], dg[1][k]);
+          for (int k = 0; k < kGb; ++k) store_pair(out_dg[rr] + k * ND, dg[rr][0][k], dg[rr][1][k]);
         }
         out_dg[rr] -= kGb * step_stride;
       }
@@ -207,7 +220,7 @@ __global__ void __launch_bounds__(fused::warps(kHeadDim) * 32, 1)
   T* d0 = static_cast<T*>(p.dstates0);
 #pragma unroll
   for (int rr = 0; rr < 2; ++rr) {
-    if (!row_ok[rr]) continue;
+    if (!row_ok[rr]) continue;  // (false for rr = 1 when the CTA has 8 rows)
     const int64_t at = (b0 + g + 8 * rr) * ND + n * D + unit;
 #pragma unroll
     for (int s = 0; s < kS; ++s) {
@@ -224,15 +237,16 @@ __global__ void __launch_bounds__(fused::warps(kHeadDim) * 32, 1)
 }
 
 template <class Cell, class T, int kHeadDim>
-void launch_fused_backward(const BackwardParams& p, int smem_limit, cudaStream_t stream) {
+void launch_fused_backward(const BackwardParams& p, const DeviceLimits& device, cudaStream_t stream) {
   constexpr fused::Layout L =
       fused::backward_layout(kHeadDim, sizeof(T), Cell::kGatesR, Cell::kSaved, Cell::kStates);
-  const int stages = L.stages(smem_limit);
-  FLASHRNN_CHECK(stages >= 2, "fused backward does not fit " << smem_limit << " bytes of shared memory");
+  const int stages = L.stages(device.smem_per_block);
+  FLASHRNN_CHECK(stages >= 2, "fused backward does not fit " << device.smem_per_block << " bytes of shared memory");
+  const int rows = fused::rows_per_cta(p.batch, p.heads, device.sm_count);
   auto kernel = fused_backward_kernel<Cell, T, kHeadDim>;
   FLASHRNN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, L.bytes(stages)));
-  const dim3 grid(unsigned((p.batch + fused::kBatchTile - 1) / fused::kBatchTile), unsigned(p.heads));
-  kernel<<<grid, fused::warps(kHeadDim) * 32, L.bytes(stages), stream>>>(p, stages);
+  const dim3 grid(unsigned((p.batch + rows - 1) / rows), unsigned(p.heads));
+  kernel<<<grid, fused::warps(kHeadDim) * 32, L.bytes(stages), stream>>>(p, stages, rows);
   FLASHRNN_CHECK_LAUNCH("fused_backward_kernel");
   launch_weight_grad<T>(p, Cell::kGatesR, Cell::kGatesB, p.workspace, stream);
 }

@@ -1,13 +1,13 @@
-// Fused forward: one persistent CTA per (head, 16-row batch tile) runs all T steps.
+// Fused forward: one persistent CTA per (head, batch tile of 8 or 16 rows) runs all T steps.
 //
 // What a CTA owns: the head's whole R (Gr x D x D) as tensor-core B fragments in registers,
-// loaded once; biases and the fp32 states (h, c, n, m) of its 16 x D elements in registers.
+// loaded once; biases and the fp32 states (h, c, n, m) of its rows x D elements in registers.
 // Per step: h_{t-1} (dtype) is read from a shared double buffer with ldmatrix, each warp
 // multiplies it by its 8-unit slice of every gate's R (m16n8k16; 3xTF32 for fp32), adds Wx_t
-// (prefetched into a shared ring with cp.async, 2-4 steps ahead) and the bias, runs the cell,
+// (prefetched into a shared ring with cp.async, 2-3 steps ahead) and the bias, runs the cell,
 // writes h_t to the other shared buffer and the states/saved values to global memory.
 // Synchronization: one __syncthreads per step (it publishes h_t and the Wx ring slot).
-// Shared memory: tuning.h forward_layout (<= 200 KB).
+// Shared memory: tuning.h forward_layout; the ring depth follows the device's limit.
 #pragma once
 
 #include "../../common/check.h"
@@ -20,22 +20,24 @@ namespace flashrnn {
 
 template <class Cell, class T, int kHeadDim>
 __global__ void __launch_bounds__(fused::warps(kHeadDim) * 32, 1)
-    fused_forward_kernel(const ForwardParams p, const int stages) {
+    fused_forward_kernel(const ForwardParams p, const int stages, const int rows) {
   static_assert(cells::Cell<Cell>, "see cells/elman.cuh for what a cell must define");
   using M = Mma<T>;
+  using Math = MathFor<T>;
   constexpr int kGr = Cell::kGatesR, kGw = Cell::kGatesW, kGb = Cell::kGatesB;
   constexpr int kS = Cell::kStates, kSaved = Cell::kSaved;
   constexpr int kChunks = kHeadDim / M::kK;
   constexpr fused::Layout L = fused::forward_layout(kHeadDim, sizeof(T), kGw);
-  constexpr int kRows = fused::kBatchTile;
+  constexpr int kRows = fused::kBatchTile, kThreads = fused::warps(kHeadDim) * 32;
 
   extern __shared__ __align__(128) unsigned char smem[];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
   const int64_t B = p.batch, steps = p.steps, N = p.heads, D = p.head_dim, ND = N * D;
-  const int64_t n = blockIdx.y, b0 = int64_t(blockIdx.x) * kRows;
+  const int64_t n = blockIdx.y, b0 = int64_t(blockIdx.x) * rows;
   const int unit = warp * 8 + 2 * q;  // this lane's units: unit, unit + 1
   const bool active = warp * 8 < D;   // warp-uniform; warps past D are bucket padding
-  const bool row_ok[2] = {active && b0 + g < B, active && b0 + g + 8 < B};
+  const int my_rows = rows == kRows ? 2 : 1;  // lane rows g (and g + 8 when the CTA has 16)
+  const bool row_ok[2] = {active && b0 + g < B, active && rows == kRows && b0 + g + 8 < B};
   const T* wx = static_cast<const T*>(p.wx);
   const T* r = static_cast<const T*>(p.r);
   const T* bias = static_cast<const T*>(p.bias);
@@ -84,20 +86,21 @@ __global__ void __launch_bounds__(fused::warps(kHeadDim) * 32, 1)
 #pragma unroll
     for (int rr = 0; rr < 2; ++rr) store_pair(h_row(buf, g + 8 * rr) + unit, st[rr][0][0], st[rr][1][0]);
 
-  // Wx_t tile -> ring slot: 16 rows x Gw gates x D values in 16-byte copies; each thread owns
-  // the same few copies every step, so their offsets are computed once.
+  // Wx_t tile -> ring slot: rows x Gw gates x D values in 16-byte copies; each thread owns the
+  // same few copies every step, so their offsets are computed once.
   constexpr int kCopiesPerGate = kHeadDim * int(sizeof(T)) / 16;
-  constexpr int kCopies = kRows * kGw * kCopiesPerGate, kThreads = fused::warps(kHeadDim) * 32;
+  constexpr int kCopies = kRows * kGw * kCopiesPerGate;
   constexpr int kCopiesPerThread = (kCopies + kThreads - 1) / kThreads;
   int64_t copy_src[kCopiesPerThread];
   int copy_dst[kCopiesPerThread];
-  bool copy_ok[kCopiesPerThread];
+  bool copy_live[kCopiesPerThread], copy_ok[kCopiesPerThread];
 #pragma unroll
   for (int j = 0; j < kCopiesPerThread; ++j) {
     const int i = threadIdx.x + j * kThreads;
     const int row = i / (kGw * kCopiesPerGate), k = i / kCopiesPerGate % kGw, c = i % kCopiesPerGate;
     const int64_t b = b0 + row, col = int64_t(c) * 16 / sizeof(T);
-    copy_ok[j] = i < kCopies && b < B && col < D;
+    copy_live[j] = i < kCopies && row < rows;
+    copy_ok[j] = copy_live[j] && b < B && col < D;
     copy_src[j] = copy_ok[j] ? b * p.wx_stride_b + k * ND + n * D + col : 0;
     copy_dst[j] = row * L.ring_row + (k * kHeadDim + int(col)) * int(sizeof(T));
   }
@@ -108,8 +111,7 @@ __global__ void __launch_bounds__(fused::warps(kHeadDim) * 32, 1)
     const T* wx_t = wx + t * p.wx_stride_t;
 #pragma unroll
     for (int j = 0; j < kCopiesPerThread; ++j)
-      if (threadIdx.x + j * kThreads < kCopies)
-        cp_async_16(ring + slot * slot_bytes + copy_dst[j], copy_ok[j] ? wx_t + copy_src[j] : wx, copy_ok[j]);
+      if (copy_live[j]) cp_async_16(ring + slot * slot_bytes + copy_dst[j], copy_ok[j] ? wx_t + copy_src[j] : wx, copy_ok[j]);
   };
   for (int s = 0; s < stages - 1; ++s) {
     prefetch(s, s);
@@ -138,25 +140,36 @@ __global__ void __launch_bounds__(fused::warps(kHeadDim) * 32, 1)
       for (int k = 0; k < kGr; ++k) M::mma(acc[k], a, rf[k][c], p.allow_tf32);
     }
 
+    // Loads, then all cell updates, then all stores: the 2 or 4 elements of a lane are
+    // independent, and keeping stores last lets the compiler interleave them.
+    float w[2][kGw][2];
 #pragma unroll
     for (int rr = 0; rr < 2; ++rr) {
+      if (rr >= my_rows) break;
       const T* wx_row = reinterpret_cast<const T*>(slot_ptr + (g + 8 * rr) * L.ring_row) + unit;
-      float w[kGw][2];
 #pragma unroll
-      for (int k = 0; k < kGw; ++k) load_pair(wx_row + k * kHeadDim, w[k][0], w[k][1]);
-      float sv[2][kSaved];
+      for (int k = 0; k < kGw; ++k) load_pair(wx_row + k * kHeadDim, w[rr][k][0], w[rr][k][1]);
+    }
+    float sv[2][2][kSaved];
+#pragma unroll
+    for (int rr = 0; rr < 2; ++rr) {
+      if (rr >= my_rows) break;
 #pragma unroll
       for (int u = 0; u < 2; ++u) {
         float rh[kGr], wu[kGw], bu[kGb];
 #pragma unroll
         for (int k = 0; k < kGr; ++k) rh[k] = acc[k][2 * rr + u];
 #pragma unroll
-        for (int k = 0; k < kGw; ++k) wu[k] = w[k][u];
+        for (int k = 0; k < kGw; ++k) wu[k] = w[rr][k][u];
 #pragma unroll
         for (int k = 0; k < kGb; ++k) bu[k] = bb[k][u];
-        Cell::forward(rh, wu, bu, st[rr][u], sv[u]);
+        Cell::template forward<Math>(rh, wu, bu, st[rr][u], sv[rr][u]);
         if (p.forward_clip) st[rr][u][0] = fminf(fmaxf(st[rr][u][0], -clip), clip);
       }
+    }
+#pragma unroll
+    for (int rr = 0; rr < 2; ++rr) {
+      if (rr >= my_rows) break;
       store_pair(h_row((t + 1) & 1, g + 8 * rr) + unit, st[rr][0][0], st[rr][1][0]);
       if (!row_ok[rr]) continue;
       out_states[rr] += step_stride;
@@ -164,7 +177,7 @@ __global__ void __launch_bounds__(fused::warps(kHeadDim) * 32, 1)
       for (int s = 0; s < kS; ++s) store_pair(out_states[rr] + s * state_stride, st[rr][0][s], st[rr][1][s]);
       if (saved != nullptr) {
 #pragma unroll
-        for (int k = 0; k < kSaved; ++k) store_pair(out_saved[rr] + k * ND, sv[0][k], sv[1][k]);
+        for (int k = 0; k < kSaved; ++k) store_pair(out_saved[rr] + k * ND, sv[rr][0][k], sv[rr][1][k]);
         out_saved[rr] += step_stride * kSaved;
       }
     }
@@ -173,14 +186,15 @@ __global__ void __launch_bounds__(fused::warps(kHeadDim) * 32, 1)
 }
 
 template <class Cell, class T, int kHeadDim>
-void launch_fused_forward(const ForwardParams& p, int smem_limit, cudaStream_t stream) {
+void launch_fused_forward(const ForwardParams& p, const DeviceLimits& device, cudaStream_t stream) {
   constexpr fused::Layout L = fused::forward_layout(kHeadDim, sizeof(T), Cell::kGatesW);
-  const int stages = L.stages(smem_limit);
-  FLASHRNN_CHECK(stages >= 2, "fused forward does not fit " << smem_limit << " bytes of shared memory");
+  const int stages = L.stages(device.smem_per_block);
+  FLASHRNN_CHECK(stages >= 2, "fused forward does not fit " << device.smem_per_block << " bytes of shared memory");
+  const int rows = fused::rows_per_cta(p.batch, p.heads, device.sm_count);
   auto kernel = fused_forward_kernel<Cell, T, kHeadDim>;
   FLASHRNN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, L.bytes(stages)));
-  const dim3 grid(unsigned((p.batch + fused::kBatchTile - 1) / fused::kBatchTile), unsigned(p.heads));
-  kernel<<<grid, fused::warps(kHeadDim) * 32, L.bytes(stages), stream>>>(p, stages);
+  const dim3 grid(unsigned((p.batch + rows - 1) / rows), unsigned(p.heads));
+  kernel<<<grid, fused::warps(kHeadDim) * 32, L.bytes(stages), stream>>>(p, stages, rows);
   FLASHRNN_CHECK_LAUNCH("fused_forward_kernel");
 }
 

@@ -4,7 +4,13 @@
 
 namespace flashrnn::fused {
 
-constexpr int kBatchTile = 16;  // batch rows per CTA: the M of one m16n8k16 product
+constexpr int kBatchTile = 16;  // batch rows of a CTA's products: the M of one m16n8k16
+
+// Batch rows a CTA owns: 8 (half the product rows idle, but half the pointwise work per warp,
+// which bounds the step) while the CTAs still fit the GPU in one wave, else 16.
+constexpr int rows_per_cta(long long batch, long long heads, int sm_count) {
+  return (batch + 7) / 8 * heads <= sm_count ? 8 : 16;
+}
 constexpr int kMaxStages = 4;   // prefetch ring depth when shared memory allows (2 steps ahead)
 constexpr int kSmemReserve = 2 * 1024;  // left free of the device's per-block opt-in limit
 

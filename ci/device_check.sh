@@ -18,7 +18,7 @@ fi
 python3 -c "import flashrnn; print(flashrnn.build_info())"
 status=0
 if [[ $what == tests || $what == all ]]; then
-  timeout ${TEST_TIMEOUT:-330} python3 -m pytest -m gpu -q -rf --tb=short -p no:cacheprovider "$@" tests 2>&1 | tee "$OUT/gpu_tests.log"
+  timeout ${TEST_TIMEOUT:-330} python3 -m pytest -m gpu -q -rf --tb=short -p no:cacheprovider "$@" ${TEST_PATHS:-tests} 2>&1 | tee "$OUT/gpu_tests.log"
   status=${PIPESTATUS[0]}
   grep -E "passed|failed" "$OUT/gpu_tests.log" | tail -1
 fi

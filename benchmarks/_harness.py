@@ -11,20 +11,20 @@ import torch
 
 
 def median_ms(fn, input_sets, warmup: int = 3, reps: int = 20) -> float:
-    """Median wall time of fn(*inputs) in ms; input sets rotate so no run reuses the last one's data."""
+    """Median GPU time of fn(*inputs) in ms, measured like triton.testing.do_bench (which the
+    anchors used): an event pair around each call, one synchronization at the end, so host-side
+    launch overhead overlaps earlier calls as in a training loop. Input sets rotate, so no call
+    reuses the previous call's data from L2."""
     for i in range(warmup):
         fn(*input_sets[i % len(input_sets)])
     torch.cuda.synchronize()
-    times = []
-    for i in range(reps):
-        args = input_sets[i % len(input_sets)]
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
+    for i, (start, end) in enumerate(events):
         start.record()
-        fn(*args)
+        fn(*input_sets[i % len(input_sets)])
         end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    torch.cuda.synchronize()
+    return statistics.median(start.elapsed_time(end) for start, end in events)
 
 
 def commit() -> str:

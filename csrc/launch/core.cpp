@@ -60,7 +60,21 @@ void with_bucket(int bucket, bool is_float, F&& f) {
   throw Error("flashrnn: no fused kernel for head-dim bucket " + std::to_string(bucket));
 }
 
-void set_device(int device) { FLASHRNN_CUDA_CHECK(cudaSetDevice(device)); }
+// Makes `device` current for the launches and restores the caller's device afterwards, so the
+// core never changes what torch sees as the current device.
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int device) {
+    FLASHRNN_CUDA_CHECK(cudaGetDevice(&previous_));
+    if (previous_ != device) FLASHRNN_CUDA_CHECK(cudaSetDevice(device));
+  }
+  ~DeviceGuard() { cudaSetDevice(previous_); }
+  DeviceGuard(const DeviceGuard&) = delete;
+  DeviceGuard& operator=(const DeviceGuard&) = delete;
+
+ private:
+  int previous_ = 0;
+};
 
 DeviceLimits limits_of(int device) {
   DeviceLimits d;
@@ -114,7 +128,7 @@ int64_t backward_rt_elements(Family family, CellKind cell, int64_t heads, int64_
 
 void forward(Family family, CellKind cell, DType dtype, int device, const ForwardParams& p, cudaStream_t stream) {
   check_head_dim(p.head_dim);
-  set_device(device);
+  DeviceGuard guard(device);
   if (family == Family::kAlternating) {
     with_cell_and_dtype(cell, dtype, [&]<class C, class T>() { launch_alternating_forward<C, T>(p, stream); });
     return;
@@ -130,7 +144,7 @@ void forward(Family family, CellKind cell, DType dtype, int device, const Forwar
 
 void backward(Family family, CellKind cell, DType dtype, int device, const BackwardParams& p, cudaStream_t stream) {
   check_head_dim(p.head_dim);
-  set_device(device);
+  DeviceGuard guard(device);
   if (family == Family::kAlternating) {
     with_cell_and_dtype(cell, dtype, [&]<class C, class T>() { launch_alternating_backward<C, T>(p, stream); });
     return;

@@ -15,6 +15,7 @@ autograd. The backward options are arguments of the forward op so autograd can s
 """
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 
@@ -48,9 +49,14 @@ def op_name(function: str, family: str) -> str:
     return f"{function}_{family}"
 
 
+@functools.cache
+def _capability(index: int) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(index)
+
+
 def _check_cuda_inputs(name: str, *tensors: torch.Tensor) -> None:
     device = tensors[0].device
-    major, minor = torch.cuda.get_device_capability(device)
+    major, minor = _capability(device.index)
     if major < 8:
         raise ValueError(f"flashrnn.{name}: the CUDA kernels need compute capability >= 8.0 (Ampere); "
                          f"{torch.cuda.get_device_name(device)} has {major}.{minor}; use backend='vanilla'")
@@ -105,12 +111,12 @@ def _register(spec: CellSpec, family: str) -> None:
         saved = _new(Wx, (T, B, K, N, D) if need_saved else (0,))
         workspace = torch.empty(core.forward_workspace_floats(FAMILIES[fam], spec.code, B, N, D),
                                 dtype=torch.float32, device=Wx.device)
-        with torch.cuda.device(Wx.device):
-            core.forward(FAMILIES[fam], spec.code, DTYPE_CODES[Wx.dtype], Wx.device.index, B, T, N, D,
-                         Wx.data_ptr(), Wx.stride(0), Wx.stride(1), R.data_ptr(), b.data_ptr(),
-                         all_states.data_ptr(), saved.data_ptr() if need_saved else 0, workspace.data_ptr(),
-                         forward_clipval is not None, float(forward_clipval or 0.0), allow_tf32,
-                         torch.cuda.current_stream().cuda_stream)
+        # The core makes Wx's device current for its launches and restores the caller's.
+        core.forward(FAMILIES[fam], spec.code, DTYPE_CODES[Wx.dtype], Wx.device.index, B, T, N, D,
+                     Wx.data_ptr(), Wx.stride(0), Wx.stride(1), R.data_ptr(), b.data_ptr(),
+                     all_states.data_ptr(), saved.data_ptr() if need_saved else 0, workspace.data_ptr(),
+                     forward_clipval is not None, float(forward_clipval or 0.0), allow_tf32,
+                     torch.cuda.current_stream(Wx.device).cuda_stream)
         return all_states, saved
 
     def backward_cuda(grad_states, states, saved, R, recurrent_cut=False, recurrent_clipval=None,
@@ -126,12 +132,11 @@ def _register(spec: CellSpec, family: str) -> None:
         workspace = torch.empty(core.backward_workspace_floats(FAMILIES[fam], spec.code, B, T, N, D),
                                 dtype=torch.float32, device=states.device)
         rt = states.new_empty((core.backward_rt_elements(FAMILIES[fam], spec.code, N, D),))
-        with torch.cuda.device(states.device):
-            core.backward(FAMILIES[fam], spec.code, DTYPE_CODES[states.dtype], states.device.index, B, T, N, D,
-                          R.data_ptr(), states.data_ptr(), saved.data_ptr(), grad_states.data_ptr(),
-                          dg.data_ptr(), dR.data_ptr(), db.data_ptr(), d0.data_ptr(), workspace.data_ptr(),
-                          rt.data_ptr(), recurrent_cut, recurrent_clipval is not None,
-                          float(recurrent_clipval or 0.0), allow_tf32, torch.cuda.current_stream().cuda_stream)
+        core.backward(FAMILIES[fam], spec.code, DTYPE_CODES[states.dtype], states.device.index, B, T, N, D,
+                      R.data_ptr(), states.data_ptr(), saved.data_ptr(), grad_states.data_ptr(),
+                      dg.data_ptr(), dR.data_ptr(), db.data_ptr(), d0.data_ptr(), workspace.data_ptr(),
+                      rt.data_ptr(), recurrent_cut, recurrent_clipval is not None,
+                      float(recurrent_clipval or 0.0), allow_tf32, torch.cuda.current_stream(states.device).cuda_stream)
         return dg, dR, db, d0
 
     def forward_cpu(Wx, R, b, states0, need_saved=True, forward_clipval=None, recurrent_cut=False,

@@ -77,13 +77,13 @@ __global__ void __launch_bounds__(fused::warps(kHeadDim) * 32, 1)
     }
   }
 
-  // Step t's tile -> ring slot: per batch row, saved[t-1] (K rows), states[:, t-1] (S rows),
+  // Step t's tile -> a ring slot: per batch row, saved[t-1] (K rows), states[:, t-1] (S rows),
   // grad_states[:, t] (S rows), each head_dim wide. Each thread owns the same copies every
   // step: their offsets at step t = 1 are computed once; step t adds (t - 1) * stride.
   constexpr int kCopiesPerRow = kHeadDim * int(sizeof(T)) / 16;
   constexpr int kCopies = kRows * kSubRows * kCopiesPerRow, kThreads = fused::warps(kHeadDim) * 32;
   constexpr int kCopiesPerThread = (kCopies + kThreads - 1) / kThreads;
-  const T* copy_src[kCopiesPerThread];
+  const T* copy_src[kCopiesPerThread];  // source of the next prefetch, moved back one step per prefetch
   int64_t copy_step[kCopiesPerThread];  // elements per step back in time
   int copy_dst[kCopiesPerThread];
   bool copy_live[kCopiesPerThread], copy_ok[kCopiesPerThread];
@@ -105,20 +105,25 @@ __global__ void __launch_bounds__(fused::warps(kHeadDim) * 32, 1)
       copy_step[j] = step_stride;
     }
     copy_dst[j] = row * L.ring_row + (sub * kHeadDim + int(col)) * int(sizeof(T));
+    copy_src[j] += (steps - 1) * copy_step[j];  // the first prefetch is step T
+    if (!copy_ok[j]) copy_src[j] = states;
   }
   unsigned char* ring = smem + L.ring_offset;
   const int slot_bytes = kRows * L.ring_row;
-  auto prefetch = [&](int64_t t) {
+  // Prefetches step t (called for t = T, T-1, ... in order) into ring slot `slot`.
+  auto prefetch = [&](int64_t t, int slot) {
     if (t < 1) return;
-    unsigned char* slot = ring + int(t) % stages * slot_bytes;
 #pragma unroll
-    for (int j = 0; j < kCopiesPerThread; ++j)
-      if (copy_live[j]) cp_async_16(slot + copy_dst[j], copy_ok[j] ? copy_src[j] + (t - 1) * copy_step[j] : states, copy_ok[j]);
+    for (int j = 0; j < kCopiesPerThread; ++j) {
+      if (copy_live[j]) cp_async_16(ring + slot * slot_bytes + copy_dst[j], copy_src[j], copy_ok[j]);
+      if (copy_ok[j]) copy_src[j] -= copy_step[j];
+    }
   };
-  // Ring invariant: at the barrier ending step t, slots t-1 .. t-stages+1 are filled or in
-  // flight; slot t is free once that barrier has passed.
+  // Ring invariant: at the barrier ending step t, steps t-1 .. t-stages+1 are filled or in
+  // flight; the slot of step t is free once that barrier has passed and takes step t-stages.
+  // Slots: step t lives in slot (T - t) % stages.
   for (int s = 0; s < stages; ++s) {
-    prefetch(steps - s);
+    prefetch(steps - s, s);
     cp_async_commit();
   }
   cp_async_wait_at_most(stages - 1);
@@ -148,17 +153,20 @@ __global__ void __launch_bounds__(fused::warps(kHeadDim) * 32, 1)
     return p.recurrent_clip ? fminf(fmaxf(v, -clip), clip) : v;
   };
 
+  int slot = 0;  // ring slot of step t
   for (int64_t t = steps; t >= 1; --t) {
+    const int this_slot = slot;
+    slot = slot + 1 == stages ? 0 : slot + 1;
     if (active) {
       float rec[4] = {};
       if (t < steps && !p.recurrent_cut) recurrent_product((t + 1) & 1, rec);
-      const unsigned char* slot = ring + int(t) % stages * slot_bytes;
+      const unsigned char* slot_ptr = ring + this_slot * slot_bytes;
       // Loads, then all cell updates, then all stores (independent elements interleave).
       float sv[2][kSaved][2], sp[2][kS][2], gs[2][kS][2];
 #pragma unroll
       for (int rr = 0; rr < 2; ++rr) {
         if (rr >= my_rows) break;
-        const T* srow = reinterpret_cast<const T*>(slot + (g + 8 * rr) * L.ring_row) + unit;
+        const T* srow = reinterpret_cast<const T*>(slot_ptr + (g + 8 * rr) * L.ring_row) + unit;
 #pragma unroll
         for (int k = 0; k < kSaved; ++k) load_pair(srow + k * kHeadDim, sv[rr][k][0], sv[rr][k][1]);
 #pragma unroll
@@ -208,7 +216,7 @@ __global__ void __launch_bounds__(fused::warps(kHeadDim) * 32, 1)
     }
     cp_async_wait_at_most(stages - 2);
     __syncthreads();  // dg_t and ring slot t-1 are visible; slot t is free
-    prefetch(t - stages);
+    prefetch(t - stages, this_slot);
     cp_async_commit();
   }
   cp_async_wait<0>();

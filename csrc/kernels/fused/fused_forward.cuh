@@ -129,7 +129,31 @@ __global__ void __launch_bounds__(fused::warps(kHeadDim) * 32, 1)
     slot = slot + 1 == stages ? 0 : slot + 1;
     if (!active) continue;
 
-    float acc[kGr][4] = {};
+    // Pre-activations start as Wx_t + b (independent of h, so these shared loads overlap the
+    // barrier and the product), then the product adds R h_{t-1} on top. Gates without R
+    // (GRU's n) keep their sum in wb.
+    float wb[kGb][4];
+#pragma unroll
+    for (int k = 0; k < kGb; ++k)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) wb[k][e] = bb[k][e % 2];
+#pragma unroll
+    for (int rr = 0; rr < 2; ++rr) {
+      if (rr >= my_rows) break;
+      const T* wx_row = reinterpret_cast<const T*>(slot_ptr + (g + 8 * rr) * L.ring_row) + unit;
+#pragma unroll
+      for (int k = 0; k < kGw; ++k) {
+        float w0, w1;
+        load_pair(wx_row + k * kHeadDim, w0, w1);
+        wb[kGb - kGw + k][2 * rr] += w0;
+        wb[kGb - kGw + k][2 * rr + 1] += w1;
+      }
+    }
+    float acc[kGr][4];
+#pragma unroll
+    for (int k = 0; k < kGr; ++k)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[k][e] = wb[k][e];
     const unsigned char* a_src = reinterpret_cast<const unsigned char*>(h_row(t & 1, lane & 15)) + (lane >> 4) * 16;
 #pragma unroll
     for (int c = 0; c < kChunks; ++c) {
@@ -140,29 +164,22 @@ __global__ void __launch_bounds__(fused::warps(kHeadDim) * 32, 1)
       for (int k = 0; k < kGr; ++k) M::mma(acc[k], a, rf[k][c], p.allow_tf32);
     }
 
-    // Loads, then all cell updates, then all stores: the 2 or 4 elements of a lane are
-    // independent, and keeping stores last lets the compiler interleave them.
-    float w[2][kGw][2];
-#pragma unroll
-    for (int rr = 0; rr < 2; ++rr) {
-      if (rr >= my_rows) break;
-      const T* wx_row = reinterpret_cast<const T*>(slot_ptr + (g + 8 * rr) * L.ring_row) + unit;
-#pragma unroll
-      for (int k = 0; k < kGw; ++k) load_pair(wx_row + k * kHeadDim, w[rr][k][0], w[rr][k][1]);
-    }
     float sv[2][2][kSaved];
 #pragma unroll
     for (int rr = 0; rr < 2; ++rr) {
       if (rr >= my_rows) break;
 #pragma unroll
       for (int u = 0; u < 2; ++u) {
+        // The cell adds rh + wx + b; each gate's whole sum is already in one of them, the
+        // others get -0 (x + -0 == x exactly, so the compiler drops those adds).
         float rh[kGr], wu[kGw], bu[kGb];
 #pragma unroll
-        for (int k = 0; k < kGr; ++k) rh[k] = acc[k][2 * rr + u];
-#pragma unroll
-        for (int k = 0; k < kGw; ++k) wu[k] = w[rr][k][u];
-#pragma unroll
-        for (int k = 0; k < kGb; ++k) bu[k] = bb[k][u];
+        for (int k = 0; k < kGb; ++k) {
+          const float sum = k < kGr ? acc[k][2 * rr + u] : wb[k][2 * rr + u];
+          if (k < kGr) rh[k] = sum;
+          if (k >= kGb - kGw) wu[k - (kGb - kGw)] = k < kGr ? -0.f : sum;
+          bu[k] = k < kGr || k >= kGb - kGw ? -0.f : sum;
+        }
         Cell::template forward<Math>(rh, wu, bu, st[rr][u], sv[rr][u]);
         if (p.forward_clip) st[rr][u][0] = fminf(fmaxf(st[rr][u][0], -clip), clip);
       }

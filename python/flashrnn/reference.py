@@ -148,7 +148,8 @@ def vanilla_forward(Wx, R, b, states0, function: str, forward_clipval=None, recu
         rh = _recurrent_product(h_rec.detach() if recurrent_cut else h_rec, R)
         s, _ = cell_forward(rh, list(Wx[:, t].unbind(1)), bias, [h_rec] + s[1:])
         if forward_clipval is not None:
-            s[0] = s[0] + (s[0].clamp(-forward_clipval, forward_clipval) - s[0]).detach()
+            h = s[0]  # clamped value, straight-through gradient (h - h.detach() is exactly 0)
+            s[0] = h.clamp(-forward_clipval, forward_clipval).detach() + (h - h.detach())
         outputs.append(torch.stack(s))
     return torch.stack(outputs, dim=2)
 
@@ -210,7 +211,7 @@ def backward_op(spec: CellSpec, grad_states, all_states, saved, R, recurrent_cut
     dgc = dg_all.to(cdt)
     dR = torch.einsum("tbgni,tbnj->gnij", dgc[:, :, : spec.gates_r], all_states[0, :T].to(cdt))
     db = dgc.sum((0, 1))
-    return dg_all, dR.to(dtype), db.to(dtype), torch.stack(d0).to(dtype)
+    return dg_all, dR.to(dtype).contiguous(), db.to(dtype), torch.stack(d0).to(dtype)
 
 
 def spec_of(function: str) -> CellSpec:

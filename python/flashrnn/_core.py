@@ -3,12 +3,23 @@ from __future__ import annotations
 
 import functools
 
+import pathlib
+import sysconfig
+
 try:
     from . import _C
     _IMPORT_ERROR: str | None = None
 except ImportError as error:  # a source tree without a build, or a broken install
     _C = None
-    _IMPORT_ERROR = str(error)
+    _here = pathlib.Path(__file__).parent
+    _built = [p.name for p in _here.glob("_C*") if p.suffix in (".so", ".pyd")]
+    _wanted = "_C" + (sysconfig.get_config_var("EXT_SUFFIX") or ".so")
+    if not _built:
+        _IMPORT_ERROR = f"no compiled core in {_here} (a source checkout that was not built?)"
+    elif _wanted not in _built:
+        _IMPORT_ERROR = f"the compiled core in {_here} ({', '.join(_built)}) is for another Python; this one needs {_wanted}"
+    else:
+        _IMPORT_ERROR = str(error)
 
 
 @functools.cache

@@ -60,7 +60,7 @@ __global__ void __launch_bounds__(fused::warps(kHeadDim) * 32, 1)
   }
 
   auto dg_row = [&](int buf, int row) { return reinterpret_cast<T*>(smem + (buf * kRows + row) * L.a_row); };
-  // Columns past D are never read (their chunks are skipped), but start from finite values.
+  // Columns past D (bucket padding) and rows past the CTA's batch rows are read as zeros.
   for (int i = threadIdx.x; i < 2 * kRows * L.a_row / 4; i += blockDim.x) reinterpret_cast<uint32_t*>(smem)[i] = 0u;
 
   float st[2][2][kS];   // s_t, [row][unit][state]
@@ -132,10 +132,11 @@ __global__ void __launch_bounds__(fused::warps(kHeadDim) * 32, 1)
   // dh_rec = dg_{t+1} R (this warp's 8 units j, 16 batch rows), read from dg buffer `buf`.
   auto recurrent_product = [&](int buf, float (&out)[4]) {
     float acc[kChains][4] = {};
-    const unsigned char* a_src = reinterpret_cast<const unsigned char*>(dg_row(buf, lane & 15)) + (lane >> 4) * 16;
+    // Chunks past D (bucket padding) multiply zero R fragments by zero dg columns: cheaper than
+    // a branch per chunk, which also kept the compiler from hoisting the address (SASS).
+    const uint32_t a_src = smem_addr(dg_row(buf, lane & 15)) + (lane >> 4) * 16;
 #pragma unroll
     for (int c = 0; c < kChunks; ++c) {
-      if (c % kChunksPerGate * M::kK >= D) continue;
       uint32_t a[4];
       ldmatrix_x4(a, a_src + c * 32);
       M::mma(acc[c % kChains], a, rf[c], p.allow_tf32);

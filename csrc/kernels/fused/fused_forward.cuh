@@ -154,10 +154,11 @@ __global__ void __launch_bounds__(fused::warps(kHeadDim) * 32, 1)
     for (int k = 0; k < kGr; ++k)
 #pragma unroll
       for (int e = 0; e < 4; ++e) acc[k][e] = wb[k][e];
-    const unsigned char* a_src = reinterpret_cast<const unsigned char*>(h_row(t & 1, lane & 15)) + (lane >> 4) * 16;
+    // Chunks past D (bucket padding) multiply zero R fragments by zero h columns: cheaper than a
+    // branch per chunk, which also kept the compiler from hoisting the address (SASS).
+    const uint32_t a_src = smem_addr(h_row(t & 1, lane & 15)) + (lane >> 4) * 16;
 #pragma unroll
     for (int c = 0; c < kChunks; ++c) {
-      if (c * M::kK >= D) break;
       uint32_t a[4];
       ldmatrix_x4(a, a_src + c * 32);
 #pragma unroll

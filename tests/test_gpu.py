@@ -261,3 +261,31 @@ def test_device_guard_uses_the_tensors_device():
         out = flashrnn.flashrnn(*inputs, function="gru", backend="cuda_fused")[0]
     assert out.device == inputs[0].device
     assert rel_err(out, ref) <= 1e-4
+
+
+def test_torchscript_on_cuda_matches_eager():
+    inputs, ref, _, _ = _reference("lstm", 3, 9, 2, 32, torch.float32, "random", 16)
+    Wx, R, b, s0 = inputs
+
+    @torch.jit.script
+    def scripted(Wx: torch.Tensor, R: torch.Tensor, b: torch.Tensor, s0: torch.Tensor) -> torch.Tensor:
+        return torch.ops.flashrnn.lstm_alternating(Wx, R, b, s0, False, None, False, None, False)[0]
+
+    eager = torch.ops.flashrnn.lstm_alternating(Wx, R, b, s0[:, :, 0], False, None, False, None, False)[0]
+    assert torch.equal(scripted(Wx, R, b, s0[:, :, 0]), eager)
+    assert rel_err(eager[:, 1:].transpose(1, 2), ref) <= 1e-4
+
+
+def test_gpus_below_compute_capability_8_are_refused(monkeypatch):
+    inputs, _, _, _ = _reference("gru", 2, 3, 1, 16, torch.float32, "random", 17)
+    monkeypatch.setattr(_ops, "_capability", lambda index: (7, 5))
+    with pytest.raises(ValueError, match=r"need compute capability >= 8.0 \(Ampere\); .* has 7.5; use backend='vanilla'"):
+        flashrnn.flashrnn(*inputs, function="gru", backend="cuda_fused")
+
+
+def test_main_job_runs():
+    import subprocess
+    import sys
+    result = subprocess.run([sys.executable, "-m", "flashrnn"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "the CUDA core runs on it" in result.stdout and "(ok," in result.stdout

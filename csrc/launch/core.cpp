@@ -126,36 +126,41 @@ int64_t backward_rt_elements(Family family, CellKind cell, int64_t heads, int64_
   return family == Family::kAlternating ? info_of(cell).gates_r * heads * head_dim * head_dim : 0;
 }
 
-void forward(Family family, CellKind cell, DType dtype, int device, const ForwardParams& p, cudaStream_t stream) {
+namespace {
+
+// Runs `alternating.operator()<Cell, T>()` or `fused.operator()<Cell, T, kHeadDim>(limits)` for
+// the compiled instantiation that matches (family, cell, dtype, head dim), on `device`.
+template <class Params, class Alternating, class Fused>
+void dispatch(Family family, CellKind cell, DType dtype, int device, const Params& p, Alternating&& alternating,
+              Fused&& fused) {
   check_head_dim(p.head_dim);
   DeviceGuard guard(device);
-  if (family == Family::kAlternating) {
-    with_cell_and_dtype(cell, dtype, [&]<class C, class T>() { launch_alternating_forward<C, T>(p, stream); });
-    return;
-  }
+  if (family == Family::kAlternating) return with_cell_and_dtype(cell, dtype, alternating);
   const int bucket = fused_bucket(cell, dtype, p.head_dim, device);
-  const DeviceLimits limits = limits_of(device);
   FLASHRNN_CHECK(bucket != 0, "no fused kernel for head_dim " << p.head_dim << " on device " << device);
+  const DeviceLimits limits = limits_of(device);
   with_cell_and_dtype(cell, dtype, [&]<class C, class T>() {
     with_bucket(bucket, dtype == DType::kFloat32,
-                [&]<int kHeadDim>() { launch_fused_forward<C, T, kHeadDim>(p, limits, stream); });
+                [&]<int kHeadDim>() { fused.template operator()<C, T, kHeadDim>(limits); });
   });
 }
 
+}  // namespace
+
+void forward(Family family, CellKind cell, DType dtype, int device, const ForwardParams& p, cudaStream_t stream) {
+  dispatch(
+      family, cell, dtype, device, p, [&]<class C, class T>() { launch_alternating_forward<C, T>(p, stream); },
+      [&]<class C, class T, int kHeadDim>(const DeviceLimits& limits) {
+        launch_fused_forward<C, T, kHeadDim>(p, limits, stream);
+      });
+}
+
 void backward(Family family, CellKind cell, DType dtype, int device, const BackwardParams& p, cudaStream_t stream) {
-  check_head_dim(p.head_dim);
-  DeviceGuard guard(device);
-  if (family == Family::kAlternating) {
-    with_cell_and_dtype(cell, dtype, [&]<class C, class T>() { launch_alternating_backward<C, T>(p, stream); });
-    return;
-  }
-  const int bucket = fused_bucket(cell, dtype, p.head_dim, device);
-  const DeviceLimits limits = limits_of(device);
-  FLASHRNN_CHECK(bucket != 0, "no fused kernel for head_dim " << p.head_dim << " on device " << device);
-  with_cell_and_dtype(cell, dtype, [&]<class C, class T>() {
-    with_bucket(bucket, dtype == DType::kFloat32,
-                [&]<int kHeadDim>() { launch_fused_backward<C, T, kHeadDim>(p, limits, stream); });
-  });
+  dispatch(
+      family, cell, dtype, device, p, [&]<class C, class T>() { launch_alternating_backward<C, T>(p, stream); },
+      [&]<class C, class T, int kHeadDim>(const DeviceLimits& limits) {
+        launch_fused_backward<C, T, kHeadDim>(p, limits, stream);
+      });
 }
 
 }  // namespace flashrnn

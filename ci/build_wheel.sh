@@ -101,7 +101,7 @@ cmd_toolkit() {
 }
 
 cmd_core() {
-  local nvcc build=$ROOT/build/core-build
+  local nvcc build=$ROOT/build/core-build-${FLASHRNN_CUDA_ARCHS//[;,]/-}
   nvcc=$(cmd_toolkit)
   tools
   log "core for archs $FLASHRNN_CUDA_ARCHS with $nvcc -> $FLASHRNN_CORE_DIR"

@@ -125,11 +125,14 @@ cmd_wheel() {
   mkdir -p "$FLASHRNN_DIST"
   for py in "$@"; do
     log "wheel for $("$py" -c 'import sys; print(sys.version.split()[0])') with the prebuilt core"
-    local args=(--no-deps -w "$FLASHRNN_DIST")
+    # A fresh build dir: nothing cached from another core or toolkit (the binding builds in seconds).
+    local dir=build/wheel-$("$py" -c 'import sys; print("cp%d%d" % sys.version_info[:2])')-prebuilt
+    rm -rf "${ROOT:?}/$dir"
+    local args=(--no-deps -w "$FLASHRNN_DIST" --config-settings=build-dir="$dir")
     [[ ${FLASHRNN_NO_BUILD_ISOLATION:-0} == 1 ]] && args+=(--no-build-isolation)
-    # cmake.define makes a missing or stale core an error rather than a CPU-only wheel.
+    # REQUIRE_CUDA: a wheel without the core is an error, never a silent CPU-only wheel.
     FLASHRNN_PREBUILT_CORE=$core "$py" -m pip wheel "${args[@]}" \
-      --config-settings=cmake.define.FLASHRNN_REQUIRE_CUDA=ON --config-settings=build-dir="build/{wheel_tag}-prebuilt" "$ROOT"
+      --config-settings=cmake.define.FLASHRNN_REQUIRE_CUDA=ON "$ROOT"
   done
   ls -l "$FLASHRNN_DIST"/*.whl >&2
 }

@@ -14,7 +14,6 @@ ROOT=$PWD
 
 if [[ ${1:-} == fetch ]]; then
   # scikit-build-core and what it needs, for Python 3.12 (the GPU machine's); all pure Python.
-  echo /.whl/ >>.git/info/exclude
   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl \
     "scikit-build-core==1.1.2" "pathspec==1.1.1" "packaging==26.4" "pybind11==3.1.0"
   exit
@@ -54,12 +53,13 @@ cp -r tests pyproject.toml "$WORK/run/"
 check() {
   local name=$1 wheel=$2 archs=$3 venv=$WORK/venv-$1 site
   note "== $name: $(basename "$wheel")"
-  "$PY" -m venv --system-site-packages "$venv"
+  # --without-pip: the image's Python may lack ensurepip; the outer pip installs into the venv.
+  "$PY" -m venv --system-site-packages --without-pip "$venv"
   # python3 may itself be a venv (/opt/torch/.venv): its packages (torch, pytest) are not the
   # "system" ones, so link them in; the new venv's own site-packages come first.
   site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
   "$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' >"$site/_device_python.pth"
-  "$venv/bin/python" -m pip install -q --no-index --no-deps "$wheel" >>"$LOG" 2>&1 || { note "install failed"; return 1; }
+  "$PY" -m pip install -q --no-index --no-deps --target "$site" "$wheel" >>"$LOG" 2>&1 || { note "install failed"; return 1; }
   local env=(env -u CUDACXX -u CUDA_HOME -u CUDA_PATH -u PYTHONPATH PATH="$venv/bin:$USER_PATH"
              FLASHRNN_EXPECT_INSTALLED=1 FLASHRNN_EXPECT_ARCHS="$archs" FLASHRNN_WHEEL="$wheel")
   (cd "$WORK/run" &&

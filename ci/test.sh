@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # THE test command (README; .ci/run calls it): build the wheel the way users get it, then test it
 # where a user has it, with no toolchain.
-#   1. the CUDA toolkit from PyPI (the same one the cibuildwheel container uses) and the build tools
+#   1. the CUDA toolkit (the machine's nvcc, else PyPI's NVIDIA packages) and the build tools
 #   2. the CUDA core, once, for FLASHRNN_CUDA_ARCHS (80;86;90): ci/build_wheel.sh core
 #   3. the wheel for this Python linking that core, then for the other CPythons 3.10-3.13 found
 #   4. size <= 100 MB; `auditwheel show`: no CUDA library but the driver; `auditwheel repair`
@@ -22,8 +22,10 @@ SDIST_ARCHS=${FLASHRNN_SDIST_ARCHS:-90}
 WORK=$ROOT/build/ci                # build outputs, logs, timings
 USER_DIR=${FLASHRNN_CI_USER_DIR:-/tmp/flashrnn-ci}  # the user's side: fresh venvs, the test run
 export FLASHRNN_DIST=$WORK/dist FLASHRNN_CORE_DIR=$WORK/core
-# The toolkit from PyPI even where another nvcc is installed: what a wheel build container has.
-export FLASHRNN_CUDA_TOOLKIT=${FLASHRNN_CUDA_TOOLKIT:-pip}
+# The nvcc found on the machine (CUDACXX, PATH, CUDA_HOME, /usr/local/cuda); PyPI's NVIDIA
+# packages only where there is none. FLASHRNN_CUDA_TOOLKIT=pip builds with PyPI's toolkit, as the
+# wheel containers do.
+export FLASHRNN_CUDA_TOOLKIT=${FLASHRNN_CUDA_TOOLKIT:-auto}
 rm -rf "$WORK/dist" "$WORK/wheelhouse" "$USER_DIR"
 mkdir -p "$WORK/dist" "$WORK/wheelhouse" "$USER_DIR/run"
 TIMES=$WORK/timings.txt

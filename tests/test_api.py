@@ -64,7 +64,9 @@ def test_autocast_casts_inputs():
     Wx, R, b, _ = random_problem("lstm", 2, 3, 1, 16, dtype=torch.float32)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         states, _ = flashrnn.flashrnn(Wx, R, b, backend="vanilla")
-    assert states.dtype == torch.bfloat16
+        mixed, _ = flashrnn.flashrnn(Wx.bfloat16(), R, b, backend="vanilla")  # a Linear's output, fp32 weights
+    assert states.dtype == mixed.dtype == torch.bfloat16
+    assert torch.equal(states, mixed)
 
 
 def test_build_info_and_version():

@@ -141,9 +141,18 @@ def flashrnn(Wx: torch.Tensor, R: torch.Tensor, b: torch.Tensor, states: torch.T
     _validate.tensor("Wx", Wx, 5, f"[B, T, G, N, D] in layout {in_shape!r}")
     _validate.tensor("R", R, 4, f"[G, N, D, D] in layout {r_shape!r}")
     _validate.tensor("b", b, 3, f"[G, N, D] in layout {b_shape!r}")
+    if states is not None:
+        _validate.tensor("states", states, 5, f"[S, B, 1, N, D] in layout {out_shape!r}")
+    want = _validate.dtype_of("dtype", cfg.dtype)
+    device_type = Wx.device.type
+    autocast = cfg.enable_automatic_mixed_precision and torch.is_autocast_enabled(device_type)
+    if autocast:  # as the original's custom_fwd(cast_inputs=...): e.g. bf16 Wx from a Linear, fp32 R and b
+        want = want or torch.get_autocast_dtype(device_type)
+        Wx, R, b = Wx.to(want), R.to(want), b.to(want)
+        states = None if states is None else states.to(want)
     named = {"Wx": Wx, "R": R, "b": b}
     if states is not None:
-        named["states"] = _validate.tensor("states", states, 5, f"[S, B, 1, N, D] in layout {out_shape!r}")
+        named["states"] = states
     _validate.same_dtype_and_device(named)
 
     Wx = Wx.permute(_permutation(in_shape, "BTGHD"))
@@ -154,13 +163,7 @@ def flashrnn(Wx: torch.Tensor, R: torch.Tensor, b: torch.Tensor, states: torch.T
     _validate.shapes(spec, Wx, R, b, states,
                      {"recurrent_shape": r_shape, "bias_shape": b_shape, "output_shape": out_shape})
 
-    want = _validate.dtype_of("dtype", cfg.dtype)
-    device_type = Wx.device.type
-    if cfg.enable_automatic_mixed_precision and torch.is_autocast_enabled(device_type):
-        want = want or torch.get_autocast_dtype(device_type)
-        Wx, R, b = Wx.to(want), R.to(want), b.to(want)
-        states = None if states is None else states.to(want)
-    elif want is not None and want != Wx.dtype:
+    if not autocast and want is not None and want != Wx.dtype:
         raise ValueError(f"flashrnn: dtype={cfg.dtype!r} but the inputs are {Wx.dtype}; cast the inputs or pass "
                          f"dtype=None to compute in the inputs' dtype")
     _check_config(cfg, Wx.dtype, Wx.shape[3], Wx.shape[4])

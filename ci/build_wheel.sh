@@ -105,6 +105,7 @@ cmd_core() {
   nvcc=$(cmd_toolkit)
   tools
   log "core for archs $FLASHRNN_CUDA_ARCHS with $nvcc -> $FLASHRNN_CORE_DIR"
+  mkdir -p "$ROOT/build"  # an ignored folder: absent in a fresh checkout or a copied tree
   # Configure every time: the source hash recorded beside the core is computed at configure time.
   # FLASHRNN_PREBUILT_CORE may be set for the wheels that follow (cibuildwheel): not for this build.
   env -u FLASHRNN_PREBUILT_CORE "$CMAKE" -S "$ROOT" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \

@@ -96,6 +96,12 @@ def main():
         ours("lstm cuda (alternating)", "lstm", "cuda", B, N, D, "bf16")
     for function in ("slstm", "gru", "elman"):
         ours(f"{function} cuda_fused", function, "cuda_fused", B, 12, 64, "bf16")
+    try:
+        import triton  # noqa: F401  (the Triton backend is optional)
+        for dt in ("bf16", "fp32"):
+            ours("lstm triton", "lstm", "triton", B, 12, 64, dt)
+    except ImportError:
+        print("triton is not installed: no Triton rows")
     ours("lstm cuda_fused", "lstm", "cuda_fused", 256, 12, 64, "bf16")
     for dt in ("fp16", "fp32"):
         ours("lstm cuda_fused", "lstm", "cuda_fused", B, 12, 64, dt)

@@ -92,12 +92,37 @@ def _family_for(spec: CellSpec, family: str, x: torch.Tensor, head_dim: int, cor
     return family
 
 
+def autograd_rule(spec: CellSpec, name: str):
+    """(backward, setup_context) for torch.library's register_autograd of op `name`: saves R, the
+    states and the saved values; the backward op gives dg, from which dWx is a transposed slice."""
+    Gb, Gw = spec.gates_b, spec.gates_w
+
+    def setup_context(ctx, inputs, output):
+        _, R, _, _, need_saved, _, recurrent_cut, recurrent_clipval, allow_tf32 = inputs
+        all_states, saved = output
+        ctx.mark_non_differentiable(saved)
+        ctx.save_for_backward(R, all_states, saved)
+        ctx.options = (need_saved, recurrent_cut, recurrent_clipval, allow_tf32)
+
+    def backward(ctx, grad_states, grad_saved):
+        need_saved, recurrent_cut, recurrent_clipval, allow_tf32 = ctx.options
+        if not need_saved:
+            raise RuntimeError(f"flashrnn.{name}: the forward ran with need_saved=False, so nothing was "
+                               "saved for the backward pass; call it with need_saved=True")
+        R, all_states, saved = ctx.saved_tensors
+        dg, dR, db, d0 = getattr(torch.ops.flashrnn, name + "_backward")(
+            grad_states, all_states, saved, R, recurrent_cut, recurrent_clipval, allow_tf32)
+        return dg[:, :, Gb - Gw:].transpose(0, 1), dR, db, d0, None, None, None, None, None
+
+    return backward, setup_context
+
+
 def _register(spec: CellSpec, family: str) -> None:
     name = op_name(spec.name, family)
     qual, qual_bw = f"flashrnn::{name}", f"flashrnn::{name}_backward"
     torch.library.define(qual, FORWARD_SCHEMA, lib=_lib)
     torch.library.define(qual_bw, BACKWARD_SCHEMA, lib=_lib)
-    S, K, Gb, Gw = spec.states, spec.saved, spec.gates_b, spec.gates_w
+    S, K, Gb = spec.states, spec.saved, spec.gates_b
 
     def forward_cuda(Wx, R, b, states0, need_saved=True, forward_clipval=None, recurrent_cut=False,
                      recurrent_clipval=None, allow_tf32=False):
@@ -158,22 +183,7 @@ def _register(spec: CellSpec, family: str) -> None:
         return (states.new_empty((T1 - 1, B, Gb, N, D)), torch.empty_like(R), states.new_empty((Gb, N, D)),
                 states.new_empty((S, B, N, D)))
 
-    def setup_context(ctx, inputs, output):
-        _, R, _, _, need_saved, _, recurrent_cut, recurrent_clipval, allow_tf32 = inputs
-        all_states, saved = output
-        ctx.mark_non_differentiable(saved)
-        ctx.save_for_backward(R, all_states, saved)
-        ctx.options = (need_saved, recurrent_cut, recurrent_clipval, allow_tf32)
-
-    def backward(ctx, grad_states, grad_saved):
-        need_saved, recurrent_cut, recurrent_clipval, allow_tf32 = ctx.options
-        if not need_saved:
-            raise RuntimeError(f"flashrnn.{name}: the forward ran with need_saved=False, so nothing was "
-                               "saved for the backward pass; call it with need_saved=True")
-        R, all_states, saved = ctx.saved_tensors
-        dg, dR, db, d0 = getattr(torch.ops.flashrnn, name + "_backward")(
-            grad_states, all_states, saved, R, recurrent_cut, recurrent_clipval, allow_tf32)
-        return dg[:, :, Gb - Gw:].transpose(0, 1), dR, db, d0, None, None, None, None, None
+    backward, setup_context = autograd_rule(spec, name)
 
     torch.library.impl(qual, "CUDA", forward_cuda, lib=_lib)
     torch.library.impl(qual, "CPU", forward_cpu, lib=_lib)

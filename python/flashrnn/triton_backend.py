@@ -32,7 +32,7 @@ from typing import Optional
 
 import torch
 
-from . import reference
+from . import _ops, reference
 from ._cells import CELLS, CellSpec
 
 try:
@@ -520,7 +520,6 @@ def op_name(function: str) -> str:
 
 def _register(spec: CellSpec) -> None:
     name = op_name(spec.name)
-    Gb, Gw = spec.gates_b, spec.gates_w
 
     # The annotations give the schema of _ops.FORWARD_SCHEMA / BACKWARD_SCHEMA. triton_op also traces
     # these bodies (fake kernel, torch.compile), so they send CPU tensors to the reference math
@@ -540,22 +539,7 @@ def _register(spec: CellSpec) -> None:
             return reference.backward_op(spec, grad_states, states, saved, R, recurrent_cut, recurrent_clipval)
         return backward(spec, grad_states, states, saved, R, recurrent_cut, recurrent_clipval, allow_tf32)
 
-    def setup_context(ctx, inputs, output):
-        _, R, _, _, need_saved, _, recurrent_cut, recurrent_clipval, allow_tf32 = inputs
-        all_states, saved = output
-        ctx.mark_non_differentiable(saved)
-        ctx.save_for_backward(R, all_states, saved)
-        ctx.options = (need_saved, recurrent_cut, recurrent_clipval, allow_tf32)
-
-    def backward_rule(ctx, grad_states, grad_saved):
-        need_saved, recurrent_cut, recurrent_clipval, allow_tf32 = ctx.options
-        if not need_saved:
-            raise RuntimeError(f"flashrnn.{name}: the forward ran with need_saved=False, so nothing was saved "
-                               "for the backward pass; call it with need_saved=True")
-        R, all_states, saved = ctx.saved_tensors
-        dg, dR, db, d0 = getattr(torch.ops.flashrnn, name + "_backward")(
-            grad_states, all_states, saved, R, recurrent_cut, recurrent_clipval, allow_tf32)
-        return dg[:, :, Gb - Gw:].transpose(0, 1), dR, db, d0, None, None, None, None, None
+    backward_rule, setup_context = _ops.autograd_rule(spec, name)
 
     fw = torch.library.triton_op(f"flashrnn::{name}", forward_op, mutates_args=())
     bw = torch.library.triton_op(f"flashrnn::{name}_backward", backward_op, mutates_args=())

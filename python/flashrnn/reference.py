@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._cells import CELLS, CellSpec
+from ._cells import CellSpec
 
 Tensors = list[torch.Tensor]
 
@@ -213,6 +213,3 @@ def backward_op(spec: CellSpec, grad_states, all_states, saved, R, recurrent_cut
     db = dgc.sum((0, 1))
     return dg_all, dR.to(dtype).contiguous(), db.to(dtype), torch.stack(d0).to(dtype)
 
-
-def spec_of(function: str) -> CellSpec:
-    return CELLS[function]

@@ -6,7 +6,6 @@
 namespace flashrnn::cells {
 
 struct Elman {
-  static constexpr const char* kName = "elman";
   static constexpr int kGatesR = 1;  // pre-activations fed by R h (order of R's G axis)
   static constexpr int kGatesW = 1;  // pre-activations fed by Wx (the last kGatesW of kGatesB)
   static constexpr int kGatesB = 1;  // all pre-activations; each has a bias

@@ -7,7 +7,6 @@
 namespace flashrnn::cells {
 
 struct Gru {
-  static constexpr const char* kName = "gru";
   static constexpr int kGatesR = 3, kGatesW = 3, kGatesB = 4;
   static constexpr int kStates = 1;  // h
   static constexpr int kSaved = 4;   // g~ = R_g h + b_g, r, z, n (after tanh)

@@ -7,7 +7,6 @@
 namespace flashrnn::cells {
 
 struct Lstm {
-  static constexpr const char* kName = "lstm";
   static constexpr int kGatesR = 4, kGatesW = 4, kGatesB = 4;
   static constexpr int kStates = 2;  // h, c
   static constexpr int kSaved = 4;   // i, f, z, o after their activations

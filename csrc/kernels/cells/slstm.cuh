@@ -11,7 +11,6 @@
 namespace flashrnn::cells {
 
 struct Slstm {
-  static constexpr const char* kName = "slstm";
   static constexpr int kGatesR = 4, kGatesW = 4, kGatesB = 4;
   static constexpr int kStates = 4;  // h, c, n, m
   static constexpr int kSaved = 5;   // i, f (stabilized), z, o, 1 - sigmoid(f~)

@@ -172,16 +172,9 @@ __device__ __forceinline__ uint32_t smem_addr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
 
-// Four 8x8 matrices of 16-byte rows; this lane gives the address of row (lane % 8) of matrix
-// (lane / 8). As an A fragment from a row-major [m][k] tile: row = lane % 16, byte column
-// 16 * (lane / 16) of a 32-byte k slice (16 bf16/fp16 or 8 fp32 values, either type).
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* row) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_addr(row)));
-}
-
-// The same from a shared-window address (computed once, then offset by immediates).
+// Four 8x8 matrices of 16-byte rows; this lane gives the shared-window address of row (lane % 8)
+// of matrix (lane / 8). As an A fragment from a row-major [m][k] tile: row = lane % 16, byte
+// column 16 * (lane / 16) of a 32-byte k slice (16 bf16/fp16 or 8 fp32 values, either type).
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t row_address) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
@@ -212,6 +205,5 @@ __device__ __forceinline__ void cp_async_wait_at_most(int pending) {
   else cp_async_wait<0>();
 }
 
-__host__ __device__ constexpr int round_up(int x, int m) { return (x + m - 1) / m * m; }
 
 }  // namespace flashrnn

@@ -1,6 +1,8 @@
 """Shared helpers. GPU tests are marked `gpu` and skip cleanly without a usable GPU and core."""
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
@@ -69,3 +71,47 @@ def loss_weights(states_shape, seed: int = 1, device="cpu"):
 def weighted_loss(states, last_states, w, w_last):
     """A loss that sends a gradient into every output element (all states, all steps, last)."""
     return (states.double() * w).sum() + (last_states.double() * w_last).sum()
+
+
+# ---- float64 reference for the GPU backends (test_gpu.py, test_triton.py) ----------------------
+@functools.lru_cache(maxsize=64)
+def float64_reference(function, B, T, N, D, dtype, states="random", seed=0, options=(), device="cuda"):
+    """(inputs in dtype, float64 states, float64 gradients, loss weights) for one problem, cached.
+
+    The reference is the vanilla backend in float64 on the same dtype-rounded inputs; options are
+    vanilla_forward's (forward_clipval, recurrent_cut, recurrent_clipval) as (name, value) pairs."""
+    from flashrnn import reference
+
+    opts = dict(options)
+    Wx, R, b, s0 = random_problem(function, B, T, N, D, dtype=dtype, device=device, states=states, seed=seed)
+    zeros = torch.zeros(CELLS[function].states, B, 1, N, D, dtype=dtype, device=device)
+    Wx64, R64, b64, s64 = requires_grad(*(x.double() for x in (Wx, R, b, zeros if s0 is None else s0)))
+    ref = reference.vanilla_forward(Wx64, R64, b64, s64[:, :, 0], function, opts.get("forward_clipval"),
+                                    opts.get("recurrent_cut", False), opts.get("recurrent_clipval"))
+    w, w_last = loss_weights(ref.shape, device=device)
+    if function == "slstm":
+        w[3], w_last[3] = 0, 0  # m is a stabilizer; its output gradient is dropped by design
+    grads = torch.autograd.grad(weighted_loss(ref, ref[:, :, -1:], w, w_last), [Wx64, R64, b64, s64],
+                                allow_unused=True, materialize_grads=True)
+    return (Wx, R, b, s0), ref.detach(), [g.detach() for g in grads], (w, w_last)
+
+
+def run_with_grads(function, backend, inputs, weights, options=(), **kwargs):
+    """(states, last_states, [dWx, dR, db, dstates]) of flashrnn.flashrnn with FlashRNNConfig
+    options; dstates is None without initial states."""
+    Wx, R, b, s0 = requires_grad(*inputs)
+    cfg = flashrnn.FlashRNNConfig(function=function, backend=backend, **dict(options), **kwargs)
+    states, last = flashrnn.flashrnn(Wx, R, b, s0, config=cfg)
+    loss = weighted_loss(states, last, *weights)
+    leaves = [x for x in (Wx, R, b, s0) if x is not None]
+    grads = list(torch.autograd.grad(loss, leaves)) + ([None] if s0 is None else [])
+    return states, last, grads
+
+
+def reference_errors(out, last, grads, ref, ref_grads) -> dict[str, float]:
+    """Relative error of every output and every gradient that exists."""
+    errors = {"states": rel_err(out, ref), "last_states": rel_err(last, ref[:, :, -1:])}
+    for name, g, r in zip(["dWx", "dR", "db", "dstates"], grads, ref_grads):
+        if g is not None:
+            errors[name] = rel_err(g, r)
+    return errors

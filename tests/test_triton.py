@@ -14,7 +14,6 @@ reference.forward_op/backward_op:
 """
 from __future__ import annotations
 
-import functools
 import importlib.util
 import os
 import sys
@@ -28,7 +27,8 @@ import flashrnn
 from flashrnn import _ops, _validate, reference, triton_backend
 from flashrnn._cells import CELLS
 
-from conftest import loss_weights, random_problem, rel_err, requires_grad, weighted_loss
+from conftest import (float64_reference, random_problem, reference_errors, rel_err, requires_grad,
+                      run_with_grads, weighted_loss)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 TOL = {torch.float32: 1e-4, torch.bfloat16: 1e-2, torch.float16: 1e-2}
@@ -50,33 +50,12 @@ def poison_outputs():
     triton_backend.POISON_OUTPUTS = False
 
 
-# ---- float64 reference (as in test_gpu.py) ----------------------------------------------------
-@functools.lru_cache(maxsize=32)
-def _reference(function, B, T, N, D, dtype, states="random", seed=0, options=()):
-    """(inputs in dtype on the GPU, float64 states, float64 gradients, loss weights), cached."""
-    opts = dict(options)
-    Wx, R, b, s0 = random_problem(function, B, T, N, D, dtype=dtype, device="cuda", states=states, seed=seed)
-    zeros = torch.zeros(CELLS[function].states, B, 1, N, D, dtype=dtype, device="cuda")
-    Wx64, R64, b64, s64 = requires_grad(*(x.double() for x in (Wx, R, b, zeros if s0 is None else s0)))
-    ref = reference.vanilla_forward(Wx64, R64, b64, s64[:, :, 0], function, opts.get("forward_clipval"),
-                                    opts.get("recurrent_cut", False), opts.get("recurrent_clipval"))
-    w, w_last = loss_weights(ref.shape, device="cuda")
-    if function == "slstm":
-        w[3], w_last[3] = 0, 0  # m is a stabilizer; its output gradient is dropped by design
-    grads = torch.autograd.grad(weighted_loss(ref, ref[:, :, -1:], w, w_last), [Wx64, R64, b64, s64],
-                                allow_unused=True, materialize_grads=True)
-    return (Wx, R, b, s0), ref.detach(), [g.detach() for g in grads], (w, w_last)
+# ---- float64 reference (shared with test_gpu.py, in conftest.py) -------------------------------
+_reference = float64_reference
 
 
 def _run(function, inputs, weights, options=(), backend="triton", **kwargs):
-    """(states, last_states, [dWx, dR, db, dstates]); dstates is None without initial states."""
-    Wx, R, b, s0 = requires_grad(*inputs)
-    cfg = flashrnn.FlashRNNConfig(function=function, backend=backend, **dict(options), **kwargs)
-    states, last = flashrnn.flashrnn(Wx, R, b, s0, config=cfg)
-    loss = weighted_loss(states, last, *weights)
-    leaves = [x for x in (Wx, R, b, s0) if x is not None]
-    grads = list(torch.autograd.grad(loss, leaves)) + ([None] if s0 is None else [])
-    return states, last, grads
+    return run_with_grads(function, backend, inputs, weights, options, **kwargs)
 
 
 def _check(function, dtype, B, T, N, D, states="random", seed=0, options=()):
@@ -84,10 +63,7 @@ def _check(function, dtype, B, T, N, D, states="random", seed=0, options=()):
     ref_options = tuple((k.replace("gradient_", ""), v) for k, v in options)
     inputs, ref, ref_grads, weights = _reference(function, B, T, N, D, dtype, states, seed, ref_options)
     out, last, grads = _run(function, inputs, weights, options)
-    errors = {"states": rel_err(out, ref), "last_states": rel_err(last, ref[:, :, -1:])}
-    for name, g, r in zip(["dWx", "dR", "db", "dstates"], grads, ref_grads):
-        if g is not None:
-            errors[name] = rel_err(g, r)
+    errors = reference_errors(out, last, grads, ref, ref_grads)
     tol = TOL[dtype]
     bad = {k: v for k, v in errors.items() if not v <= tol}
     assert not bad, f"triton {function} {dtype} B={B} T={T} N={N} D={D} {dict(options)}: {bad} (tol {tol})"

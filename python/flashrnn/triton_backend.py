@@ -296,7 +296,6 @@ def _backward_kernel(grad_ptr, states_ptr, saved_ptr, r_ptr, dg_ptr, d0_ptr, B, 
     saved_rows = rows.to(tl.int64)[:, None] * (K * ND) + head * D + units[None, :]
     dg_rows = rows.to(tl.int64)[:, None] * (GB * ND) + head * D + units[None, :]
     state_stride = (T + 1) * plane_size
-    dtype = r_ptr.dtype.element_ty
 
     # R_g stays on chip (unless too large, see _r_on_chip; not needed when the recurrent path is cut)
     r_head = r_ptr + head.to(tl.int64) * D * D

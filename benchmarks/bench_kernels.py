@@ -67,6 +67,23 @@ def time_cudnn(kind, B, T, H, dtype, reps):
     return median_ms(fw, xs, reps=reps), median_ms(fwbw, xs, reps=reps)
 
 
+def fused_limits(B, N=1):
+    """The largest head dim (multiple of 64, up to 8192) that runs fused, forward and backward, per cell and
+    dtype on this GPU at batch B, N heads; the fused families are planned from the device's limits."""
+    from flashrnn import _core, _ops
+    core = _core.require_cuda_core("cuda_fused")
+    lines = [f"Largest head dim that runs fused (forward and backward), B = {B}, {N} head:", ""]
+    for function, spec in CELLS.items():
+        best = {}
+        for name, dtype in DT.items():
+            ok = [D for D in range(64, 8193, 64)
+                  if all(core.fused_family(spec.code, _ops.DTYPE_CODES[dtype], B, N, D, 0, bw)[0] != 0
+                         for bw in (False, True))]
+            best[name] = max(ok, default=0)
+        lines.append(f"- {function}: " + ", ".join(f"{k} {v}" for k, v in best.items()))
+    return "\n".join(lines) + "\n"
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--suite", default="full", choices=["full", "quick"])
@@ -89,9 +106,14 @@ def main():
 
     heads = [(16, 48), (32, 24), (64, 12), (128, 6), (256, 3), (768, 1)]
     if args.suite == "quick":
-        heads = [(64, 12), (128, 6), (768, 1)]
+        heads = [(64, 12), (128, 6), (256, 3), (768, 1)]
     for D, N in heads:
         ours("lstm cuda_fused", "lstm", "cuda_fused", B, N, D, "bf16")
+    # Heads above one SM: the multi-CTA fused kernels (issue 4's targets)
+    ours("lstm cuda_fused", "lstm", "cuda_fused", B, 1, 768, "fp16")
+    ours("gru cuda_fused", "gru", "cuda_fused", B, 1, 768, "bf16")
+    ours("slstm cuda_fused", "slstm", "cuda_fused", B, 1, 768, "bf16")
+    ours("lstm cuda_fused", "lstm", "cuda_fused", 64, 1, 768, "fp16")
     for D, N in [(64, 12), (768, 1)]:
         ours("lstm cuda (alternating)", "lstm", "cuda", B, N, D, "bf16")
     for function in ("slstm", "gru", "elman"):
@@ -107,7 +129,6 @@ def main():
         ours("lstm cuda_fused", "lstm", "cuda_fused", B, 12, 64, dt)
     if args.suite == "full":
         ours("gru cuda (alternating)", "gru", "cuda", B, 1, 768, "bf16")
-        ours("lstm cuda_fused", "lstm", "cuda_fused", 64, 1, 768, "fp16")
         ours("lstm vanilla", "lstm", "vanilla", B, 12, 64, "bf16", reps=3)
     for dt in ("fp16", "bf16"):
         cudnn("lstm", B, 768, dt)
@@ -115,6 +136,7 @@ def main():
     cudnn("gru", B, 768, "bf16")
     text = table(f"Kernels, B = {B} (unless noted), T = {T}, hidden 768",
                  ["kernel", "D x N", "B", "dtype", "fw ms", "fwbw ms", "first call"], rows)
+    text += "\n" + fused_limits(B)
     print(text)
     with open(args.out, "a") as f:
         f.write("\n" + text)

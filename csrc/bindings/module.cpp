@@ -118,11 +118,17 @@ PYBIND11_MODULE(_C, m) {
   m.def("fused_bucket", [](int cell, int dtype, int64_t head_dim, int device) {
     return flashrnn::fused_bucket(CellKind(cell), DType(dtype), head_dim, device);
   });
-  m.def("forward_workspace_floats", [](int family, int cell, int64_t b, int64_t n, int64_t d) {
-    return flashrnn::forward_workspace_floats(Family(family), CellKind(cell), b, n, d);
+  m.def("fused_family", [](int cell, int dtype, int64_t b, int64_t n, int64_t d, int device, bool backward) {
+    std::string why;
+    const Family f = flashrnn::fused_family(CellKind(cell), DType(dtype), b, n, d, device, backward, why);
+    return py::make_tuple(int(f), why);
+  }, "the family that runs this shape fused (1 one CTA per head, 2 multi-CTA), or 0 and why none does");
+  m.def("forward_workspace_floats", [](int family, int cell, int dtype, int64_t b, int64_t n, int64_t d) {
+    return flashrnn::forward_workspace_floats(Family(family), CellKind(cell), DType(dtype), b, n, d);
   });
-  m.def("backward_workspace_floats", [](int family, int cell, int64_t b, int64_t t, int64_t n, int64_t d) {
-    return flashrnn::backward_workspace_floats(Family(family), CellKind(cell), b, t, n, d);
+  m.def("backward_workspace_floats", [](int family, int cell, int dtype, int64_t b, int64_t t, int64_t n,
+                                        int64_t d) {
+    return flashrnn::backward_workspace_floats(Family(family), CellKind(cell), DType(dtype), b, t, n, d);
   });
   m.def("backward_rt_elements", [](int family, int cell, int64_t n, int64_t d) {
     return flashrnn::backward_rt_elements(Family(family), CellKind(cell), n, d);

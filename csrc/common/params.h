@@ -39,6 +39,7 @@ struct ForwardParams {
 struct DeviceLimits {
   int smem_per_block = 0;  // opt-in shared memory per block, bytes
   int sm_count = 0;
+  int smem_per_sm = 0;     // shared memory per multiprocessor, bytes
 };
 
 struct BackwardParams {

@@ -6,6 +6,7 @@
 
 #include "../common/check.h"
 #include "../kernels/fused/tuning.h"
+#include "../kernels/multi/plan.h"
 #include "../kernels/weight_grad/sizes.h"
 #include "launchers.h"
 
@@ -80,6 +81,7 @@ DeviceLimits limits_of(int device) {
   DeviceLimits d;
   FLASHRNN_CUDA_CHECK(cudaDeviceGetAttribute(&d.smem_per_block, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
   FLASHRNN_CUDA_CHECK(cudaDeviceGetAttribute(&d.sm_count, cudaDevAttrMultiProcessorCount, device));
+  FLASHRNN_CUDA_CHECK(cudaDeviceGetAttribute(&d.smem_per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device));
   return d;
 }
 
@@ -109,17 +111,35 @@ std::vector<int> fused_buckets(DType dtype) {
   return {std::begin(fused::kBucketsHalf), std::end(fused::kBucketsHalf)};
 }
 
-int64_t forward_workspace_floats(Family family, CellKind cell, int64_t batch, int64_t heads, int64_t head_dim) {
-  // The alternating family carries the fp32 states between launches; the fused one in registers.
+Family fused_family(CellKind cell, DType dtype, int64_t batch, int64_t heads, int64_t head_dim, int device,
+                    bool backward, std::string& why) {
+  const CellInfo c = info_of(cell);
+  if (fused_bucket(cell, dtype, head_dim, device) != 0) return Family::kFused;
+  const DeviceLimits d = limits_of(device);
+  multi::Plan plan;
+  const char* reason = multi::make_plan(plan, backward, c.gates_r, element_size(dtype), batch, heads, head_dim,
+                                        d.smem_per_block, d.smem_per_sm, d.sm_count);
+  if (reason == nullptr) return Family::kMulti;
+  why = reason;
+  return Family::kAlternating;
+}
+
+int64_t forward_workspace_floats(Family family, CellKind cell, DType dtype, int64_t batch, int64_t heads,
+                                 int64_t head_dim) {
+  // The alternating family carries the fp32 states between launches; the fused one in registers;
+  // the multi-CTA one needs its h exchange (64-bit words).
+  if (family == Family::kMulti) return 2 * multi::exchange_words(batch, heads, head_dim, element_size(dtype));
   return family == Family::kAlternating ? info_of(cell).states * batch * heads * head_dim : 0;
 }
 
-int64_t backward_workspace_floats(Family family, CellKind cell, int64_t batch, int64_t steps, int64_t heads,
-                                  int64_t head_dim) {
+int64_t backward_workspace_floats(Family family, CellKind cell, DType dtype, int64_t batch, int64_t steps,
+                                  int64_t heads, int64_t head_dim) {
   const CellInfo c = info_of(cell);
   const int64_t partials = weight_grad::bias_parts(steps * batch) * c.gates_b * heads * head_dim;
   const int64_t carry = family == Family::kAlternating ? c.states * batch * heads * head_dim : 0;
-  return carry + partials;
+  const int64_t flags =
+      family == Family::kMulti ? multi::flag_words(batch, heads, head_dim, element_size(dtype)) : 0;
+  return carry + partials + flags;
 }
 
 int64_t backward_rt_elements(Family family, CellKind cell, int64_t heads, int64_t head_dim) {
@@ -130,15 +150,18 @@ namespace {
 
 // Runs `alternating.operator()<Cell, T>()` or `fused.operator()<Cell, T, kHeadDim>(limits)` for
 // the compiled instantiation that matches (family, cell, dtype, head dim), on `device`.
-template <class Params, class Alternating, class Fused>
+template <class Params, class Alternating, class Fused, class Multi>
 void dispatch(Family family, CellKind cell, DType dtype, int device, const Params& p, Alternating&& alternating,
-              Fused&& fused) {
+              Fused&& fused, Multi&& multi) {
   check_head_dim(p.head_dim);
   DeviceGuard guard(device);
   if (family == Family::kAlternating) return with_cell_and_dtype(cell, dtype, alternating);
+  const DeviceLimits limits = limits_of(device);
+  if (family == Family::kMulti) {
+    return with_cell_and_dtype(cell, dtype, [&]<class C, class T>() { multi.template operator()<C, T>(limits); });
+  }
   const int bucket = fused_bucket(cell, dtype, p.head_dim, device);
   FLASHRNN_CHECK(bucket != 0, "no fused kernel for head_dim " << p.head_dim << " on device " << device);
-  const DeviceLimits limits = limits_of(device);
   with_cell_and_dtype(cell, dtype, [&]<class C, class T>() {
     with_bucket(bucket, dtype == DType::kFloat32,
                 [&]<int kHeadDim>() { fused.template operator()<C, T, kHeadDim>(limits); });
@@ -152,7 +175,8 @@ void forward(Family family, CellKind cell, DType dtype, int device, const Forwar
       family, cell, dtype, device, p, [&]<class C, class T>() { launch_alternating_forward<C, T>(p, stream); },
       [&]<class C, class T, int kHeadDim>(const DeviceLimits& limits) {
         launch_fused_forward<C, T, kHeadDim>(p, limits, stream);
-      });
+      },
+      [&]<class C, class T>(const DeviceLimits& limits) { launch_multi_forward<C, T>(p, limits, stream); });
 }
 
 void backward(Family family, CellKind cell, DType dtype, int device, const BackwardParams& p, cudaStream_t stream) {
@@ -160,7 +184,8 @@ void backward(Family family, CellKind cell, DType dtype, int device, const Backw
       family, cell, dtype, device, p, [&]<class C, class T>() { launch_alternating_backward<C, T>(p, stream); },
       [&]<class C, class T, int kHeadDim>(const DeviceLimits& limits) {
         launch_fused_backward<C, T, kHeadDim>(p, limits, stream);
-      });
+      },
+      [&]<class C, class T>(const DeviceLimits& limits) { launch_multi_backward<C, T>(p, limits, stream); });
 }
 
 }  // namespace flashrnn

@@ -11,7 +11,9 @@
 
 namespace flashrnn {
 
-enum class Family : int { kAlternating = 0, kFused = 1 };
+// kFused: one CTA per (head, batch tile) (head dims of the fused buckets); kMulti: a head's units
+// spread over several co-resident CTAs (larger heads, kernels/multi/plan.h).
+enum class Family : int { kAlternating = 0, kFused = 1, kMulti = 2 };
 
 struct CellInfo {
   std::string name;
@@ -25,10 +27,16 @@ CellInfo cell_info(CellKind cell);
 int fused_bucket(CellKind cell, DType dtype, int64_t head_dim, int device);
 std::vector<int> fused_buckets(DType dtype);
 
+// Which fused family runs this shape on `device`: kFused, kMulti, or kAlternating when neither
+// does, with the reason in `why`. The forward and the backward pass are planned separately.
+Family fused_family(CellKind cell, DType dtype, int64_t batch, int64_t heads, int64_t head_dim, int device,
+                    bool backward, std::string& why);
+
 // Scratch the launchers need, allocated by the caller (torch) and passed in the params.
-int64_t forward_workspace_floats(Family family, CellKind cell, int64_t batch, int64_t heads, int64_t head_dim);
-int64_t backward_workspace_floats(Family family, CellKind cell, int64_t batch, int64_t steps, int64_t heads,
-                                  int64_t head_dim);
+int64_t forward_workspace_floats(Family family, CellKind cell, DType dtype, int64_t batch, int64_t heads,
+                                 int64_t head_dim);
+int64_t backward_workspace_floats(Family family, CellKind cell, DType dtype, int64_t batch, int64_t steps,
+                                  int64_t heads, int64_t head_dim);
 int64_t backward_rt_elements(Family family, CellKind cell, int64_t heads, int64_t head_dim);
 
 // Launch on `stream` of `device`; nothing is allocated or synchronized.

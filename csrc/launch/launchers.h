@@ -26,5 +26,9 @@ template <class Cell, class T, int kHeadDim>
 void launch_fused_forward(const ForwardParams& p, const DeviceLimits& device, cudaStream_t stream);
 template <class Cell, class T, int kHeadDim>
 void launch_fused_backward(const BackwardParams& p, const DeviceLimits& device, cudaStream_t stream);
+template <class Cell, class T>
+void launch_multi_forward(const ForwardParams& p, const DeviceLimits& device, cudaStream_t stream);
+template <class Cell, class T>
+void launch_multi_backward(const BackwardParams& p, const DeviceLimits& device, cudaStream_t stream);
 
 }  // namespace flashrnn

@@ -24,7 +24,8 @@ import torch
 from . import _core, reference
 from ._cells import CELLS, CellSpec
 
-FAMILIES = {"alternating": 0, "fused": 1}
+FAMILIES = {"alternating": 0, "fused": 1}  # the op families; "fused" runs in one of two kernel families:
+KERNEL_FAMILIES = {"alternating": 0, "fused": 1, "multi": 2}  # codes of csrc/launch/core.h Family
 DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 
 FORWARD_SCHEMA = ("(Tensor Wx, Tensor R, Tensor b, Tensor states0, bool need_saved=True, "
@@ -77,19 +78,22 @@ def _as_kernel_input(Wx: torch.Tensor) -> torch.Tensor:
     return Wx if ok else Wx.contiguous()
 
 
-def _family_for(spec: CellSpec, family: str, x: torch.Tensor, head_dim: int, core) -> str:
-    dtype = x.dtype
-    if family == "fused" and core.fused_bucket(spec.code, DTYPE_CODES[dtype], head_dim, x.device.index) == 0:
-        key = (spec.name, dtype, head_dim, x.device.index)
+def _family_for(spec: CellSpec, family: str, x: torch.Tensor, B: int, N: int, D: int, core, backward: bool) -> str:
+    """The kernel family that runs this call: "alternating", "fused" (one CTA per head and batch
+    tile) or "multi" (a head spread over co-resident CTAs). A fused op whose shape neither fused
+    family runs falls back to the alternating kernels, with one warning per shape."""
+    if family != "fused":
+        return family
+    code, why = core.fused_family(spec.code, DTYPE_CODES[x.dtype], B, N, D, x.device.index, backward)
+    if code == KERNEL_FAMILIES["alternating"]:
+        key = (spec.name, x.dtype, B, N, D, x.device.index, backward)
         if key not in _warned:
             _warned.add(key)
-            buckets = _core.build_info()["fused_head_dims"].get(str(dtype).split(".")[-1], [])
-            warnings.warn(f"flashrnn: no fused kernel for {spec.name} with head_dim={head_dim} in {dtype} on "
-                          f"{torch.cuda.get_device_name(x.device)} (fused head dims: multiples of 16 up to "
-                          f"{max(buckets, default=0)}, where the device's shared memory holds them); running "
-                          "the alternating kernels instead", stacklevel=3)
+            warnings.warn(f"flashrnn: no fused kernel for {spec.name} with head_dim={D}, {N} heads, batch {B} in "
+                          f"{x.dtype} on {torch.cuda.get_device_name(x.device)} ({'backward' if backward else 'forward'}"
+                          f" pass): {why}; running the alternating kernels instead", stacklevel=3)
         return "alternating"
-    return family
+    return "fused" if code == KERNEL_FAMILIES["fused"] else "multi"
 
 
 def autograd_rule(spec: CellSpec, name: str):
@@ -130,14 +134,14 @@ def _register(spec: CellSpec, family: str) -> None:
         _check_cuda_inputs(name, Wx, R)
         B, T, _, N, D = Wx.shape
         Wx, R, b = _as_kernel_input(Wx), R.contiguous(), b.contiguous()
-        fam = _family_for(spec, family, Wx, D, core)
+        fam = KERNEL_FAMILIES[_family_for(spec, family, Wx, B, N, D, core, backward=False)]
         all_states = _new(Wx, (S, T + 1, B, N, D))
         all_states[:, 0].copy_(states0)
         saved = _new(Wx, (T, B, K, N, D) if need_saved else (0,))
-        workspace = torch.empty(core.forward_workspace_floats(FAMILIES[fam], spec.code, B, N, D),
+        workspace = torch.empty(core.forward_workspace_floats(fam, spec.code, DTYPE_CODES[Wx.dtype], B, N, D),
                                 dtype=torch.float32, device=Wx.device)
         # The core makes Wx's device current for its launches and restores the caller's.
-        core.forward(FAMILIES[fam], spec.code, DTYPE_CODES[Wx.dtype], Wx.device.index, B, T, N, D,
+        core.forward(fam, spec.code, DTYPE_CODES[Wx.dtype], Wx.device.index, B, T, N, D,
                      Wx.data_ptr(), Wx.stride(0), Wx.stride(1), R.data_ptr(), b.data_ptr(),
                      all_states.data_ptr(), saved.data_ptr() if need_saved else 0, workspace.data_ptr(),
                      forward_clipval is not None, float(forward_clipval or 0.0), allow_tf32,
@@ -151,13 +155,13 @@ def _register(spec: CellSpec, family: str) -> None:
         _, T1, B, N, D = states.shape
         T = T1 - 1
         grad_states, R = grad_states.contiguous(), R.contiguous()
-        fam = _family_for(spec, family, states, D, core)
+        fam = KERNEL_FAMILIES[_family_for(spec, family, states, B, N, D, core, backward=True)]
         dg = _new(states, (T, B, Gb, N, D))
         dR, db, d0 = _new(R, R.shape), _new(states, (Gb, N, D)), _new(states, (S, B, N, D))
-        workspace = torch.empty(core.backward_workspace_floats(FAMILIES[fam], spec.code, B, T, N, D),
+        workspace = torch.empty(core.backward_workspace_floats(fam, spec.code, DTYPE_CODES[states.dtype], B, T, N, D),
                                 dtype=torch.float32, device=states.device)
-        rt = states.new_empty((core.backward_rt_elements(FAMILIES[fam], spec.code, N, D),))
-        core.backward(FAMILIES[fam], spec.code, DTYPE_CODES[states.dtype], states.device.index, B, T, N, D,
+        rt = states.new_empty((core.backward_rt_elements(fam, spec.code, N, D),))
+        core.backward(fam, spec.code, DTYPE_CODES[states.dtype], states.device.index, B, T, N, D,
                       R.data_ptr(), states.data_ptr(), saved.data_ptr(), grad_states.data_ptr(),
                       dg.data_ptr(), dR.data_ptr(), db.data_ptr(), d0.data_ptr(), workspace.data_ptr(),
                       rt.data_ptr(), recurrent_cut, recurrent_clipval is not None,

@@ -1,0 +1,243 @@
+// Multi-CTA fused backward (plan.h): CTA (slice, batch group, head) owns 8 units of the head for
+// 16 * mt batch rows and runs the T steps in reverse.
+//
+// Per step t = T..1: the gradient carried into h_t needs (dg_{t+1} R) at this CTA's units, i.e.
+// dg_{t+1} of every unit of the head: the CTAs publish dg (written to the dg output, which is also
+// dWx and feeds dR/db) with a per-CTA progress counter (release), wait for the counters of their
+// (head, batch group) (acquire), stage dg_{t+1} from L2 into shared memory gate chunk by gate
+// chunk with cp.async, and multiply it by R^T restricted to their units (warp = (m-tile, k-group),
+// partial sums meet in shared memory). Then 4 threads per batch row run the cell's backward on 2
+// units each. dR and db are reduced after this kernel (weight_grad.cuh), deterministically.
+// dg is published as exchanged (one barrier + one release per step), so the payload is the
+// rounded dg that the single-CTA kernels multiply too.
+#pragma once
+
+#include "../../common/check.h"
+#include "../../common/params.h"
+#include "../cells/all_cells.cuh"
+#include "../common/device.cuh"
+#include "../weight_grad/sizes.h"
+#include "../weight_grad/weight_grad.cuh"
+#include "cooperative.cuh"
+#include "multi_forward.cuh"
+
+namespace flashrnn {
+
+template <class Cell, class T>
+__global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
+    multi_backward_kernel(const BackwardParams p, const multi::Plan plan, unsigned* flags) {
+  static_assert(cells::Cell<Cell>, "see cells/elman.cuh for what a cell must define");
+  using M = Mma<T>;
+  using Math = MathFor<T>;
+  constexpr int kGr = Cell::kGatesR, kGb = Cell::kGatesB, kS = Cell::kStates, kSaved = Cell::kSaved;
+  constexpr int kThreads = multi::kThreads, kChains = 4;
+
+  extern __shared__ __align__(128) unsigned char smem[];
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, q = lane % 4;
+  const int64_t B = p.batch, steps = p.steps, N = p.heads, D = p.head_dim, ND = N * D;
+  const int rows = plan.rows(), mt_count = plan.mt, k_groups = multi::kWarps / mt_count;
+  const int64_t u0 = int64_t(blockIdx.x) * multi::kUnits, b0 = int64_t(blockIdx.y) * rows, n = blockIdx.z;
+  const int valid_rows = int(B - b0 < rows ? B - b0 : rows);
+  const T* r = static_cast<const T*>(p.r);
+  const T* states = static_cast<const T*>(p.states);
+  const T* saved = static_cast<const T*>(p.saved);
+  const T* grad = static_cast<const T*>(p.grad_states);
+  T* dg_out = static_cast<T*>(p.dg);
+  const int64_t step_stride = B * ND, state_stride = (steps + 1) * step_stride;
+
+  unsigned char* stage = smem;  // a gate chunk of dg_{t+1}: [row][gate in chunk][D], plan.a_row bytes per row
+  float* red = reinterpret_cast<float*>(smem + plan.red_offset);  // [k-group][row][unit]
+  uint2* rs = reinterpret_cast<uint2*>(smem + plan.r_offset);     // [k-step][lane]
+
+  // B fragments of R at k-step ks of K = (gate k, output unit i), columns = this CTA's input units:
+  // element (kk, jj) = R[k, n, i0 + kk, u0 + jj].
+  auto r_fragment = [&](int ks, uint32_t (&f)[2]) {
+    const int64_t kk = int64_t(ks) * M::kK, k = kk / D, i0 = kk % D;
+    M::load_b_kmajor(f, r + ((k * N + n) * D + i0) * D + u0, D);
+  };
+  if (!p.recurrent_cut) {
+    for (int ks = warp; ks < plan.resident; ks += multi::kWarps) {
+      uint32_t f[2];
+      r_fragment(ks, f);
+      rs[ks * 32 + lane] = make_uint2(f[0], f[1]);
+    }
+  }
+  for (int i = tid; i < rows * plan.a_row / 4; i += kThreads) reinterpret_cast<uint32_t*>(stage)[i] = 0u;
+  __syncthreads();  // rows past the batch stay zero
+
+  unsigned* group_flags = flags + (n * plan.groups + blockIdx.y) * plan.slices;
+  const int prow = tid / 4, pair = tid % 4;
+  const int64_t pb = b0 + prow, unit = u0 + 2 * pair;
+  const bool pw = prow < valid_rows;
+
+  // rec = (dg_s R)[prow, unit..unit+1] for step s (dg_s is stored at dg index s - 1), once every
+  // CTA of this (head, group) has published step s. Called by all threads (it synchronizes).
+  auto recurrent = [&](int64_t s, float (&rec)[2]) {
+    const unsigned want = unsigned(steps - s + 1);
+    for (int i = tid; i < plan.slices; i += kThreads) {
+      long long tries = 0;
+      while (ld_acquire_gpu(group_flags + i) < want)
+        if (++tries > multi::kMaxPolls) __trap();
+    }
+    __syncthreads();  // every CTA's dg_s is visible to the whole CTA
+    const int mt = warp % mt_count, kg = warp / mt_count;
+    const uint32_t a_src = smem_addr(stage + (mt * 16 + (lane & 15)) * plan.a_row) + (lane >> 4) * 16;
+    const T* dg_s = dg_out + ((s - 1) * B + b0) * kGb * ND + n * D;
+    const int copies_per_gate = int(D * int64_t(sizeof(T)) / 16);
+    float acc[kChains][4] = {};
+    for (int k0 = 0; k0 < kGr; k0 += plan.gates_per_chunk) {
+      const int gates = plan.gates_per_chunk < kGr - k0 ? plan.gates_per_chunk : kGr - k0;
+      const int per_row = gates * copies_per_gate, copies = valid_rows * per_row;
+      for (int i = tid; i < copies; i += kThreads) {
+        const int row = i / per_row, k = i % per_row / copies_per_gate, c = i % copies_per_gate;
+        cp_async_16(stage + row * plan.a_row + (int64_t(k) * D * sizeof(T)) + c * 16,
+                    dg_s + row * kGb * ND + (k0 + k) * ND + c * (16 / int(sizeof(T))), true);
+      }
+      cp_async_commit();
+      cp_async_wait<0>();
+      __syncthreads();  // the chunk is staged
+      const int ks0 = int(k0 * D / M::kK), count = int(gates * D / M::kK);
+      for (int j0 = kg; j0 < count; j0 += kChains * k_groups) {
+#pragma unroll
+        for (int c = 0; c < kChains; ++c) {
+          const int j = j0 + c * k_groups, ks = ks0 + j;
+          if (j >= count) break;
+          uint32_t a[4], f[2];
+          ldmatrix_x4(a, a_src + j * 32);
+          if (ks < plan.resident) {
+            const uint2 v = rs[ks * 32 + lane];
+            f[0] = v.x;
+            f[1] = v.y;
+          } else {
+            r_fragment(ks, f);
+          }
+          M::mma(acc[c], a, f, p.allow_tf32);
+        }
+      }
+      __syncthreads();  // the chunk is consumed
+    }
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      float sum = 0.f;
+#pragma unroll
+      for (int c = 0; c < kChains; ++c) sum += acc[c][e];
+      red[(kg * rows + mt * 16 + g + 8 * (e / 2)) * multi::kUnits + 2 * q + e % 2] = sum;
+    }
+    __syncthreads();  // partial sums complete
+#pragma unroll
+    for (int u = 0; u < 2; ++u) {
+      rec[u] = 0.f;
+      for (int j = 0; j < k_groups; ++j) rec[u] += red[(j * rows + prow) * multi::kUnits + 2 * pair + u];
+    }
+  };
+  const float clip = p.recurrent_clip_value;
+  auto carried = [&](float rec, float pointwise) {
+    const float v = rec + pointwise;
+    return p.recurrent_clip ? fminf(fmaxf(v, -clip), clip) : v;
+  };
+
+  // This thread's inputs of step t, loaded a step ahead: saved[t-1], states[:, t-1], grad_states[:, t].
+  const int64_t at = pb * ND + n * D + unit;
+  float st[2][kS], dsc[2][kS], nsv[kSaved][2], nsp[kS][2], ngs[kS][2];
+  auto load_step = [&](int64_t t) {
+#pragma unroll
+    for (int k = 0; k < kSaved; ++k)
+      load_pair(saved + (t - 1) * kSaved * step_stride + pb * kSaved * ND + k * ND + n * D + unit, nsv[k][0], nsv[k][1]);
+#pragma unroll
+    for (int s = 0; s < kS; ++s) {
+      load_pair(states + s * state_stride + (t - 1) * step_stride + at, nsp[s][0], nsp[s][1]);
+      load_pair(grad + s * state_stride + t * step_stride + at, ngs[s][0], ngs[s][1]);
+    }
+  };
+  if (pw) {
+#pragma unroll
+    for (int s = 0; s < kS; ++s) {
+      load_pair(states + s * state_stride + steps * step_stride + at, st[0][s], st[1][s]);
+      dsc[0][s] = dsc[1][s] = 0.f;
+    }
+    if (steps >= 1) load_step(steps);
+  }
+
+  for (int64_t t = steps; t >= 1; --t) {
+    float rec[2] = {0.f, 0.f};
+    if (t < steps && !p.recurrent_cut) recurrent(t + 1, rec);
+    if (pw) {
+      float sv[kSaved][2], sp[kS][2], gs[kS][2];
+#pragma unroll
+      for (int u = 0; u < 2; ++u) {
+#pragma unroll
+        for (int k = 0; k < kSaved; ++k) sv[k][u] = nsv[k][u];
+#pragma unroll
+        for (int s = 0; s < kS; ++s) {
+          sp[s][u] = nsp[s][u];
+          gs[s][u] = ngs[s][u];
+        }
+      }
+      if (t > 1) load_step(t - 1);
+      float dg[2][kGb];
+#pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        float svu[kSaved], spu[kS], ds[kS];
+#pragma unroll
+        for (int k = 0; k < kSaved; ++k) svu[k] = sv[k][u];
+#pragma unroll
+        for (int s = 0; s < kS; ++s) {
+          spu[s] = sp[s][u];
+          ds[s] = dsc[u][s] + gs[s][u];
+        }
+        ds[0] = carried(rec[u], dsc[u][0]) + gs[0][u];
+        Cell::template backward<Math>(svu, spu, st[u], ds, dg[u]);
+#pragma unroll
+        for (int s = 0; s < kS; ++s) {
+          dsc[u][s] = ds[s];
+          st[u][s] = spu[s];
+        }
+      }
+      T* out = dg_out + ((t - 1) * B + pb) * kGb * ND + n * D + unit;
+#pragma unroll
+      for (int k = 0; k < kGb; ++k) store_pair(out + k * ND, dg[0][k], dg[1][k]);
+    }
+    if (!p.recurrent_cut) {
+      __syncthreads();  // this CTA's dg_t is written
+      if (tid == 0) {
+        __threadfence();
+        st_release_gpu(group_flags + blockIdx.x, unsigned(steps - t + 1));
+      }
+    }
+  }
+
+  // dL/ds_0 = what reaches the initial states: carried paths + the gradient on states[:, 0].
+  float rec[2] = {0.f, 0.f};
+  if (steps >= 1 && !p.recurrent_cut) recurrent(1, rec);
+  if (!pw) return;
+  T* d0 = static_cast<T*>(p.dstates0);
+#pragma unroll
+  for (int s = 0; s < kS; ++s) {
+    float g0, g1;
+    load_pair(grad + s * state_stride + at, g0, g1);
+    float v0 = dsc[0][s], v1 = dsc[1][s];
+    if (s == 0) {
+      v0 = carried(rec[0], v0);
+      v1 = carried(rec[1], v1);
+    }
+    store_pair(d0 + s * step_stride + at, v0 + g0, v1 + g1);
+  }
+}
+
+// Workspace: the weight-gradient partial sums (weight_grad.cuh), then the progress counters.
+template <class Cell, class T>
+void launch_multi_backward(const BackwardParams& p, const DeviceLimits& device, cudaStream_t stream) {
+  multi::Plan plan;
+  const char* why = multi::make_plan(plan, true, Cell::kGatesR, sizeof(T), p.batch, p.heads, p.head_dim,
+                                     device.smem_per_block, device.smem_per_sm, device.sm_count);
+  FLASHRNN_CHECK(why == nullptr, "multi-CTA backward: " << why);
+  const int64_t partials = weight_grad::bias_parts(p.steps * p.batch) * Cell::kGatesB * p.heads * p.head_dim;
+  unsigned* flags = reinterpret_cast<unsigned*>(p.workspace + partials);
+  FLASHRNN_CUDA_CHECK(cudaMemsetAsync(
+      flags, 0, sizeof(unsigned) * multi::flag_words(p.batch, p.heads, p.head_dim, sizeof(T)), stream));
+  multi::launch_cooperative(multi_backward_kernel<Cell, T>, plan, device, stream, "multi_backward_kernel", p, plan,
+                            flags);
+  launch_weight_grad<T>(p, Cell::kGatesR, Cell::kGatesB, p.workspace, stream);
+}
+
+}  // namespace flashrnn

@@ -1,0 +1,219 @@
+// Multi-CTA fused forward (plan.h): CTA (slice, batch group, head) owns 8 units of the head for
+// 16 * mt batch rows and runs all T steps; the CTAs of a (head, batch group) exchange h_t via L2.
+//
+// Exchange: each h word (32 bits of h_t) is stored together with its step tag in one 64-bit
+// relaxed store into a double buffer (parity t % 2); readers poll the words of h_{t-1} until every
+// tag is the step's, so a step needs neither a fence nor a separate flag, and the data arrives
+// with the synchronization. The buffer can be reused two steps later: a CTA writes h_{t+1} only
+// after it has read h_t from every CTA, each of which had read h_{t-1} before writing h_t.
+// Tags start at 1 (h_0) and the launcher zeroes the buffer, so no stale word can match.
+//
+// Per step: poll h_{t-1} into shared memory; warp (m-tile, k-group) multiplies its rows by its
+// k-steps of every gate's 8-unit slice of R (m16n8k16; 3xTF32 for fp32); the k-groups' partial
+// sums meet in shared memory; 4 threads per batch row run the cell on 2 units each, publish
+// h_t, write the states and saved values, and load Wx for the next step.
+#pragma once
+
+#include "../../common/check.h"
+#include "../../common/params.h"
+#include "../cells/all_cells.cuh"
+#include "../common/device.cuh"
+#include "cooperative.cuh"
+
+namespace flashrnn {
+
+namespace multi {
+// Words of 32 bits per exchanged row, and the word a thread's unit pair lands in.
+template <class T> constexpr int kWordsPerPair = sizeof(T) == 4 ? 2 : 1;
+
+// A poll that has not seen its tag after this many tries means a broken launch; the kernel traps
+// (a CUDA error, raised in Python) rather than hanging the GPU.
+constexpr long long kMaxPolls = 1LL << 26;
+
+__device__ __forceinline__ uint64_t poll_tag(const uint64_t* p, uint64_t v, unsigned tag) {
+  long long tries = 0;
+  while (unsigned(v >> 32) != tag) {
+    if (++tries > kMaxPolls) __trap();
+    v = ld_relaxed_gpu(p);
+  }
+  return v;
+}
+
+template <class T>
+__device__ __forceinline__ uint32_t pack_pair(float a, float b) {
+  typename Pair<T>::type v;
+  v.x = from_float<T>(a);
+  v.y = from_float<T>(b);
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+}  // namespace multi
+
+template <class Cell, class T>
+__global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
+    multi_forward_kernel(const ForwardParams p, const multi::Plan plan) {
+  static_assert(cells::Cell<Cell>, "see cells/elman.cuh for what a cell must define");
+  using M = Mma<T>;
+  using Math = MathFor<T>;
+  constexpr int kGr = Cell::kGatesR, kGw = Cell::kGatesW, kGb = Cell::kGatesB;
+  constexpr int kS = Cell::kStates, kSaved = Cell::kSaved, kThreads = multi::kThreads;
+
+  extern __shared__ __align__(128) unsigned char smem[];
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, q = lane % 4;
+  const int64_t B = p.batch, steps = p.steps, N = p.heads, D = p.head_dim, ND = N * D;
+  const int rows = plan.rows(), mt_count = plan.mt, k_groups = multi::kWarps / mt_count;
+  const int64_t u0 = int64_t(blockIdx.x) * multi::kUnits, b0 = int64_t(blockIdx.y) * rows, n = blockIdx.z;
+  const int valid_rows = int(B - b0 < rows ? B - b0 : rows);
+  const int ksteps = int(D / M::kK);
+  const T* wx = static_cast<const T*>(p.wx);
+  const T* r = static_cast<const T*>(p.r);
+  const T* bias = static_cast<const T*>(p.bias);
+  T* states = static_cast<T*>(p.states);
+  T* saved = static_cast<T*>(p.saved);
+  const int64_t step_stride = B * ND, state_stride = (steps + 1) * step_stride;
+
+  unsigned char* hs = smem;  // h_{t-1} rows, plan.a_row bytes each
+  float* red = reinterpret_cast<float*>(smem + plan.red_offset);  // [k-group][row][gate * 8 + unit]
+  uint2* rs = reinterpret_cast<uint2*>(smem + plan.r_offset);     // [k-step][gate][lane]
+
+  // R_k^T fragments of this CTA's units: element (j, i) = R[k, n, u0 + i, j].
+  auto r_fragment = [&](int ks, int k, uint32_t (&f)[2]) {
+    M::load_b(f, r + ((k * N + n) * D + u0) * D + int64_t(ks) * M::kK, D);
+  };
+  for (int i = warp; i < plan.resident * kGr; i += multi::kWarps) {
+    uint32_t f[2];
+    r_fragment(i / kGr, i % kGr, f);
+    rs[i * 32 + lane] = make_uint2(f[0], f[1]);
+  }
+  for (int i = tid; i < rows * plan.a_row / 4; i += kThreads) reinterpret_cast<uint32_t*>(hs)[i] = 0u;
+  __syncthreads();  // rows past the batch stay zero; the others are overwritten every step
+
+  // The exchange: row b of parity `par` starts at exchange(par, b); a row has `words` words.
+  constexpr int kPairWords = multi::kWordsPerPair<T>;
+  const int64_t words = D * int64_t(sizeof(T)) / 4;
+  uint64_t* xchg = reinterpret_cast<uint64_t*>(p.workspace);
+  auto exchange = [&](int par, int64_t b) { return xchg + ((par * N + n) * plan.padded_batch() + b) * words; };
+
+  // Pointwise threads: 4 per batch row, each owning units u0 + 2 * pair and + 1.
+  const int prow = tid / 4, pair = tid % 4;
+  const int64_t pb = b0 + prow, unit = u0 + 2 * pair;
+  const bool pw = prow < valid_rows;
+  float bb[kGb][2] = {}, st[2][kS] = {}, wxn[kGw][2] = {};
+  T* out_states = states + pb * ND + n * D + unit;
+  T* out_saved = saved == nullptr ? nullptr : saved + pb * kSaved * ND + n * D + unit;
+  const T* wx_row = wx + pb * p.wx_stride_b + n * D + unit;
+  auto publish = [&](int64_t t) {  // h_t, tag t + 1
+    const uint64_t tag = uint64_t(t + 1) << 32;
+    uint64_t* dst = exchange(int(t & 1), pb) + unit * int64_t(sizeof(T)) / 4;
+    if constexpr (kPairWords == 1) {
+      st_relaxed_gpu(dst, tag | multi::pack_pair<T>(st[0][0], st[1][0]));
+    } else {
+      st_relaxed_gpu(dst, tag | __float_as_uint(st[0][0]));
+      st_relaxed_gpu(dst + 1, tag | __float_as_uint(st[1][0]));
+    }
+  };
+  auto load_wx = [&](int64_t t) {
+#pragma unroll
+    for (int k = 0; k < kGw; ++k) load_pair(wx_row + t * p.wx_stride_t + k * ND, wxn[k][0], wxn[k][1]);
+  };
+  if (pw) {
+#pragma unroll
+    for (int k = 0; k < kGb; ++k) load_pair(bias + (k * N + n) * D + unit, bb[k][0], bb[k][1]);
+#pragma unroll
+    for (int s = 0; s < kS; ++s) load_pair(out_states + s * state_stride, st[0][s], st[1][s]);
+    publish(0);
+    if (steps > 0) load_wx(0);
+  }
+
+  const int mt = warp % mt_count, kg = warp / mt_count;
+  const uint32_t a_src = smem_addr(hs + (mt * 16 + (lane & 15)) * plan.a_row) + (lane >> 4) * 16;
+  const float clip = p.forward_clip_value;
+  for (int64_t t = 1; t <= steps; ++t) {
+    // h_{t-1} of every CTA of this (head, group) -> hs. Eight polls in flight per thread.
+    {
+      const uint64_t* src = exchange(int((t - 1) & 1), b0);
+      const int64_t total = valid_rows * words;
+      const unsigned tag = unsigned(t);
+      for (int64_t base = tid; base < total; base += 8 * kThreads) {
+        uint64_t v[8];
+#pragma unroll
+        for (int j = 0; j < 8; ++j)
+          if (base + j * kThreads < total) v[j] = ld_relaxed_gpu(src + base + j * kThreads);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+          const int64_t i = base + j * kThreads;
+          if (i >= total) break;
+          v[j] = multi::poll_tag(src + i, v[j], tag);
+          *reinterpret_cast<uint32_t*>(hs + (i / words) * plan.a_row + (i % words) * 4) = uint32_t(v[j]);
+        }
+      }
+    }
+    __syncthreads();  // hs holds h_{t-1}; red is free (the last step's pointwise reads are done)
+
+    float acc[kGr][4] = {};
+    for (int ks = kg; ks < ksteps; ks += k_groups) {
+      uint32_t a[4];
+      ldmatrix_x4(a, a_src + ks * 32);
+#pragma unroll
+      for (int k = 0; k < kGr; ++k) {
+        uint32_t f[2];
+        if (ks < plan.resident) {
+          const uint2 v = rs[(ks * kGr + k) * 32 + lane];
+          f[0] = v.x;
+          f[1] = v.y;
+        } else {
+          r_fragment(ks, k, f);
+        }
+        M::mma(acc[k], a, f, p.allow_tf32);
+      }
+    }
+#pragma unroll
+    for (int k = 0; k < kGr; ++k)
+#pragma unroll
+      for (int e = 0; e < 4; ++e)
+        red[(kg * rows + mt * 16 + g + 8 * (e / 2)) * (kGr * 8) + k * 8 + 2 * q + e % 2] = acc[k][e];
+    __syncthreads();  // partial sums complete; hs may be refilled
+
+    if (!pw) continue;
+    float sv[2][kSaved];
+#pragma unroll
+    for (int u = 0; u < 2; ++u) {
+      // As in the single-CTA kernel: each gate's sum sits in exactly one of rh, wx, b.
+      float rh[kGr], wu[kGw], bu[kGb];
+#pragma unroll
+      for (int k = 0; k < kGr; ++k) {
+        float sum = 0.f;
+        for (int j = 0; j < k_groups; ++j) sum += red[(j * rows + prow) * (kGr * 8) + k * 8 + 2 * pair + u];
+        rh[k] = sum;
+      }
+#pragma unroll
+      for (int k = 0; k < kGw; ++k) wu[k] = wxn[k][u];
+#pragma unroll
+      for (int k = 0; k < kGb; ++k) bu[k] = bb[k][u];
+      Cell::template forward<Math>(rh, wu, bu, st[u], sv[u]);
+      if (p.forward_clip) st[u][0] = fminf(fmaxf(st[u][0], -clip), clip);
+    }
+    publish(t);
+    if (t < steps) load_wx(t);
+    out_states += step_stride;
+#pragma unroll
+    for (int s = 0; s < kS; ++s) store_pair(out_states + s * state_stride, st[0][s], st[1][s]);
+    if (out_saved != nullptr) {
+#pragma unroll
+      for (int k = 0; k < kSaved; ++k) store_pair(out_saved + k * ND, sv[0][k], sv[1][k]);
+      out_saved += step_stride * kSaved;
+    }
+  }
+}
+
+template <class Cell, class T>
+void launch_multi_forward(const ForwardParams& p, const DeviceLimits& device, cudaStream_t stream) {
+  multi::Plan plan;
+  const char* why = multi::make_plan(plan, false, Cell::kGatesR, sizeof(T), p.batch, p.heads, p.head_dim,
+                                     device.smem_per_block, device.smem_per_sm, device.sm_count);
+  FLASHRNN_CHECK(why == nullptr, "multi-CTA forward: " << why);
+  FLASHRNN_CUDA_CHECK(cudaMemsetAsync(
+      p.workspace, 0, sizeof(uint64_t) * multi::exchange_words(p.batch, p.heads, p.head_dim, sizeof(T)), stream));
+  multi::launch_cooperative(multi_forward_kernel<Cell, T>, plan, device, stream, "multi_forward_kernel", p, plan);
+}
+
+}  // namespace flashrnn

@@ -1,0 +1,107 @@
+// The multi-CTA fused family: heads too large for one SM (above the fused head-dim buckets).
+//
+// One head's units are split over `slices` CTAs of 8 units each; together with its batch group
+// (16 * mt rows) a CTA runs all T steps and exchanges each step's result with the other CTAs of
+// its (head, batch group) through L2. All CTAs must be resident at once: the launch is
+// cooperative, and this plan only accepts shapes whose CTAs fit the device in one wave.
+//
+// Shared memory of a CTA: the exchanged operand rows (forward: h_{t-1} [rows][D]; backward: a
+// chunk of dg_{t+1} [rows][gates_per_chunk * D]), the cross-warp reduction buffer, then as many
+// k-steps of R's tensor-core fragments as fit; R's remaining k-steps are read from L2 each step.
+//
+// Host and device both include this header (pure arithmetic, no CUDA calls).
+#pragma once
+
+#include "../fused/tuning.h"
+
+namespace flashrnn::multi {
+
+constexpr int kUnits = 8;      // hidden units per CTA: the N of one m16n8 product per gate
+constexpr int kWarps = 8;
+constexpr int kThreads = kWarps * 32;
+constexpr int kMaxCtasPerSm = 2;        // __launch_bounds__(kThreads, 2): <= 128 registers
+constexpr int kOperandBudget = 100 * 1024;  // bytes for the staged operand rows
+constexpr int kFragBytes = 32 * 8;      // one B fragment (8 bytes per lane) of one n-tile
+constexpr int kSmemPerCtaReserve = 1024;  // the driver's per-CTA reservation
+
+struct Plan {
+  int mt = 0;                // 16-row m-tiles per CTA: 1, 2 or 4
+  int groups = 0;            // batch groups of 16 * mt rows
+  int slices = 0;            // CTAs per (head, batch group): head_dim / kUnits
+  int heads = 0;
+  int gates_per_chunk = 0;   // backward: gates of dg_{t+1} staged at once (forward: 1)
+  int a_row = 0;             // bytes per staged operand row
+  int red_offset = 0;        // cross-warp reduction buffer
+  int r_offset = 0;          // R fragments
+  int resident = 0;          // k-steps of R fragments held in shared memory
+  int smem = 0;              // dynamic shared memory per CTA
+  long long ctas = 0;
+
+  constexpr int rows() const { return 16 * mt; }
+  constexpr long long padded_batch() const { return (long long)groups * rows(); }
+};
+
+// 16-row m-tiles per CTA: as many as the batch needs (up to 4) while h rows fit the stage budget.
+constexpr int m_tiles(long long batch, long long head_dim, int esize) {
+  const long long one_row = fused::row_bytes(int(head_dim), esize);
+  int mt = 1;
+  while (mt < 4 && 16LL * mt < batch && 16LL * 2 * mt * one_row <= kOperandBudget) mt *= 2;
+  return mt;
+}
+
+// Fills `plan` for a forward (backward = false) or backward pass; returns nullptr, or why the shape
+// cannot run in this family on this device. esize: bytes per element; n-tiles per k-step: the
+// forward multiplies h by every recurrent gate's slice (gates_r tiles), the backward multiplies dg
+// by R^T restricted to the CTA's units (one tile).
+constexpr const char* make_plan(Plan& p, bool backward, int gates_r, int esize, long long batch, long long heads,
+                                long long head_dim, int smem_per_block, int smem_per_sm, int sm_count) {
+  if (head_dim % 16 != 0 || head_dim < 16) return "the head dim is not a multiple of 16";
+  const long long k_per_step = esize == 4 ? 8 : 16;
+  const long long ksteps = (backward ? gates_r : 1) * head_dim / k_per_step;
+  const int tiles = backward ? 1 : gates_r;
+  // Rows of the operand stage: one gate's worth must fit for 16 rows.
+  const int one_row = fused::row_bytes(int(head_dim), esize);
+  if (head_dim > (1 << 16) || 16LL * one_row > kOperandBudget) return "the head dim is too large for one CTA's stage";
+  p.mt = m_tiles(batch, head_dim, esize);
+  p.groups = int((batch + p.rows() - 1) / p.rows());
+  p.slices = int(head_dim / kUnits);
+  if (heads > 65535 || p.groups > 65535) return "too many heads or batch groups for one grid";
+  p.heads = int(heads);
+  p.gates_per_chunk = 1;
+  if (backward) {
+    p.gates_per_chunk = gates_r;
+    while (p.gates_per_chunk > 1 &&
+           (long long)p.rows() * fused::row_bytes(int(head_dim) * p.gates_per_chunk, esize) > kOperandBudget)
+      --p.gates_per_chunk;
+  }
+  p.a_row = fused::row_bytes(int(head_dim) * p.gates_per_chunk, esize);
+  p.ctas = (long long)p.slices * p.groups * heads;
+  const long long per_sm = (p.ctas + sm_count - 1) / sm_count;
+  if (per_sm > kMaxCtasPerSm) return "its CTAs do not fit the GPU at once (at most 2 per SM)";
+  int budget = smem_per_sm / int(per_sm) - kSmemPerCtaReserve;
+  if (budget > smem_per_block) budget = smem_per_block;
+  budget -= fused::kSmemReserve;
+  p.red_offset = p.rows() * p.a_row;
+  p.r_offset = p.red_offset + kWarps * 16 * tiles * kUnits * 4;
+  if (p.r_offset > budget) return "its CTAs do not fit the device's shared memory";
+  const long long fit = (budget - p.r_offset) / (tiles * kFragBytes);
+  p.resident = int(fit < ksteps ? fit : ksteps);
+  p.smem = p.r_offset + p.resident * tiles * kFragBytes;
+  return nullptr;
+}
+
+// Forward scratch: the h exchange, [2 parities][heads][padded batch][words per row] 64-bit words,
+// each 32 bits of h (two 16-bit or one fp32 value) and a 32-bit step tag.
+constexpr long long exchange_words(long long batch, long long heads, long long head_dim, int esize) {
+  const int mt = m_tiles(batch, head_dim, esize);
+  const long long padded = (batch + 16 * mt - 1) / (16 * mt) * (16 * mt);
+  return 2 * heads * padded * (head_dim * esize / 4);
+}
+
+// Backward scratch: one 32-bit progress counter per CTA.
+constexpr long long flag_words(long long batch, long long heads, long long head_dim, int esize) {
+  const int mt = m_tiles(batch, head_dim, esize);
+  return heads * ((batch + 16 * mt - 1) / (16 * mt)) * (head_dim / kUnits);
+}
+
+}  // namespace flashrnn::multi

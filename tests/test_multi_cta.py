@@ -1,0 +1,118 @@
+"""Multi-CTA fused kernels (heads above the single-CTA buckets, csrc/kernels/multi) against the
+float64 reference on the GPU (marked `gpu`). Same standard as test_gpu.py: relative error of every
+output and gradient <= 1e-4 fp32, <= 1e-2 bf16/fp16; outputs NaN-poisoned before each run. Each
+case first asserts which kernel family the core picks, so a silent fallback cannot pass as tested.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from flashrnn import _core, _ops
+from flashrnn._cells import CELLS
+
+from conftest import float64_reference, rel_err, run_with_grads
+from test_gpu import DTYPES, TOL, check_against_reference
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.fixture(autouse=True)
+def poison_outputs():
+    _ops.POISON_OUTPUTS = True
+    yield
+    _ops.POISON_OUTPUTS = False
+
+
+def family(function, dtype, B, N, D, backward):
+    code, why = _core.require_cuda_core("cuda_fused").fused_family(
+        CELLS[function].code, _ops.DTYPE_CODES[dtype], B, N, D, torch.cuda.current_device(), backward)
+    return {v: k for k, v in _ops.KERNEL_FAMILIES.items()}[code], why
+
+
+def assert_multi(function, dtype, B, N, D):
+    for backward in (False, True):
+        fam, why = family(function, dtype, B, N, D, backward)
+        assert fam == "multi", (function, dtype, B, N, D, backward, fam, why)
+
+
+# (B, T, N, D): every D, N, B and T that issue 4 names appears, on an H100 (132 SMs).
+MULTI_GRID = [
+    (1, 7, 1, 256), (16, 7, 2, 384), (64, 7, 3, 256), (3, 1, 1, 512), (16, 1024, 1, 768),
+    (1, 7, 1, 1024), (16, 7, 1, 2048), (64, 1024, 1, 768), (1, 1024, 3, 256), (16, 7, 2, 1024),
+]
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("function", list(CELLS))
+@pytest.mark.parametrize("shape", MULTI_GRID, ids=lambda s: "B{}-T{}-N{}-D{}".format(*s))
+def test_multi_cta_matches_float64(shape, function, dtype):
+    B, T, N, D = shape
+    dt = DTYPES[dtype]
+    fams = {family(function, dt, B, N, D, bw)[0] for bw in (False, True)}
+    if dt == torch.float32 and fams != {"multi"}:
+        pytest.skip(f"fp32 at this shape does not fit the multi-CTA plan ({fams}); the alternating kernels run it")
+    assert_multi(function, dt, B, N, D)
+    check_against_reference(function, "cuda_fused", dt, B, T, N, D)
+
+
+OPTIONS = {
+    "cut": (("gradient_recurrent_cut", True),),
+    "clip": (("gradient_recurrent_clipval", 0.05),),
+    "forward_clip": (("forward_clipval", 0.3),),
+}
+
+
+@pytest.mark.parametrize("option", list(OPTIONS))
+@pytest.mark.parametrize("function", list(CELLS))
+def test_multi_cta_options_match_float64(function, option):
+    opts = OPTIONS[option]
+    ref_opts = tuple((k.replace("gradient_", ""), v) for k, v in opts)
+    assert_multi(function, torch.float32, 5, 2, 256)
+    inputs, ref, ref_grads, weights = float64_reference(function, 5, 33, 2, 256, torch.float32, "random", 4, ref_opts)
+    out, last, grads = run_with_grads(function, "cuda_fused", inputs, weights, opts)
+    assert rel_err(out, ref) <= 1e-4
+    for name, g, r in zip(["dWx", "dR", "db", "dstates"], grads, ref_grads):
+        assert rel_err(g, r) <= 1e-4, (name, rel_err(g, r))
+
+
+@pytest.mark.parametrize("function", list(CELLS))
+def test_multi_cta_zero_initial_states(function):
+    assert_multi(function, torch.bfloat16, 4, 1, 256)
+    check_against_reference(function, "cuda_fused", torch.bfloat16, 4, 20, 1, 256, states="none")
+    check_against_reference(function, "cuda_fused", torch.float32, 4, 20, 1, 256, states="zeros")
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("function", list(CELLS))
+def test_multi_cta_agrees_with_alternating_and_is_deterministic(function, dtype):
+    dt = DTYPES[dtype]
+    assert_multi(function, dt, 19, 1, 384)
+    inputs, _, _, weights = float64_reference(function, 19, 65, 1, 384, dt, "random", 7)
+    first = run_with_grads(function, "cuda_fused", inputs, weights)
+    again = run_with_grads(function, "cuda_fused", inputs, weights)
+    alternating = run_with_grads(function, "cuda", inputs, weights)
+    for a, b in zip([first[0], first[1], *first[2]], [again[0], again[1], *again[2]]):
+        assert torch.equal(a, b), "multi-CTA results differ between two runs"
+    for a, b in zip([first[0], *first[2]], [alternating[0], *alternating[2]]):
+        assert rel_err(a, b) <= TOL[dt]
+
+
+def test_multi_cta_cuda_graph_capture_and_replay():
+    assert_multi("lstm", torch.bfloat16, 8, 1, 512)
+    inputs, _, _, weights = float64_reference("lstm", 8, 16, 1, 512, torch.bfloat16, "random", 11)
+    static = [x.detach().clone() for x in inputs]
+    expected = run_with_grads("lstm", "cuda_fused", static, weights)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        run_with_grads("lstm", "cuda_fused", static, weights)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = run_with_grads("lstm", "cuda_fused", static, weights)
+    for _ in range(2):
+        graph.replay()
+    torch.cuda.synchronize()
+    for a, b in zip([captured[0], *captured[2]], [expected[0], *expected[2]]):
+        assert torch.equal(a, b)

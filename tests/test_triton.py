@@ -9,7 +9,7 @@ bucket, B in {1, 3, 16, 17} and T in {1, 7, 1024} without the full product; the 
 
 CPU tests need no GPU: the error without triton, the head-dim buckets, the ops' CPU kernels (the
 reference math) and, with TRITON_INTERPRET=1, the kernels themselves in Triton's interpreter against
-reference.forward_op/backward_op:
+reference.forward_op/backward_op, and that none of their loads or stores leaves its tensor:
     TRITON_INTERPRET=1 PYTHONPATH=python python -m pytest -q tests/test_triton.py -k interpreter
 """
 from __future__ import annotations
@@ -378,3 +378,46 @@ def test_kernels_in_the_interpreter_match_the_reference_ops(function, case):
     errors = {name: rel_err(a, r) for name, a, r in
               zip(["all_states", "saved", "dg", "dR", "db", "dstates0"], got, want)}
     assert all(e <= tol for e in errors.values()), errors
+
+
+@pytest.mark.skipif(not (INTERPRET and triton_backend.available()),
+                    reason="runs the kernels on the CPU; set TRITON_INTERPRET=1 (and install triton)")
+@pytest.mark.parametrize("function", list(CELLS))
+def test_kernels_in_the_interpreter_stay_in_bounds(function, monkeypatch):
+    """The recurrent kernels load the next step's inputs one step ahead; the loads past the last step are
+    masked off. Every masked-in address of each load and store must lie inside one tensor argument."""
+    from triton.runtime import interpreter
+    np = pytest.importorskip("numpy")
+    executor, builder = interpreter.GridExecutor, interpreter.InterpreterBuilder
+    if not all(hasattr(c, a) for c, a in ((executor, "_init_args_hst"), (builder, "create_masked_load"),
+                                          (builder, "create_masked_store"))):
+        pytest.skip("this triton's interpreter has other internals")
+    extents, outside = [], []
+
+    def init_args(self, args, kwargs):
+        extents[:] = [(x.data_ptr(), x.data_ptr() + x.element_size() * (1 + sum(
+            (n - 1) * s for n, s in zip(x.shape, x.stride())))) for x in [*args, *kwargs.values()]
+            if isinstance(x, torch.Tensor) and x.numel() > 0]
+        return init_args.wrapped(self, args, kwargs)
+
+    def checked(wrapped):
+        def access(self, ptrs, *args):
+            mask = (args[0] if wrapped is load else args[1]).data.astype(bool)  # (mask, other) or (value, mask)
+            addresses = np.broadcast_to(ptrs.data, mask.shape)[mask].astype(np.uint64)
+            if addresses.size and not any(((lo <= addresses) & (addresses < hi)).all() for lo, hi in extents):
+                outside.append(wrapped.__name__)
+            return wrapped(self, ptrs, *args)
+        return access
+
+    init_args.wrapped, load, store = executor._init_args_hst, builder.create_masked_load, builder.create_masked_store
+    monkeypatch.setattr(executor, "_init_args_hst", init_args)
+    monkeypatch.setattr(builder, "create_masked_load", checked(load))
+    monkeypatch.setattr(builder, "create_masked_store", checked(store))
+    spec = CELLS[function]
+    for T in (1, 3):
+        Wx, R, b, s0 = random_problem(function, 17, T, 2, 48, dtype=torch.float32, seed=20)
+        states, saved = triton_backend.forward(spec, Wx, R, b, s0[:, :, 0], True, None)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # numpy: 0/0 in the padding rows of a batch tile (never stored)
+            triton_backend.backward(spec, torch.randn_like(states), states, saved, R, False, None)
+    assert not outside, f"{len(outside)} accesses outside the tensor arguments: {sorted(set(outside))}"

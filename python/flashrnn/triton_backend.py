@@ -10,13 +10,16 @@ two backends' forward and backward are interchangeable:
 Kernels (spec 4.5, with the fixes of spec 3.3-3.5):
   _forward_kernel   one program per (head, tile of BATCH_TILE batch rows) runs all T steps. R_g of
                     every recurrent gate (as R_g^T tiles in the input dtype), the biases and the
-                    states (fp32) stay on chip for the whole sequence. Per step: load Wx_t, round h to
-                    the input dtype, Gr tl.dot's [BATCH_TILE, D] x [D, D] accumulating in fp32,
-                    pointwise cell math in fp32, store the states and the saved values. No
+                    states (fp32) stay on chip for the whole sequence. Per step t: issue the loads of
+                    Wx_{t+1} (software pipelining by hand, one step ahead: they are carried to the next
+                    iteration, so the wait for global memory overlaps this step's work), round h to
+                    the input dtype, Gr tl.dot's [BATCH_TILE, D] x [D, D] accumulating in fp32 onto
+                    Wx_t + b, pointwise cell math in fp32, store the states and the saved values. No
                     communication between programs, so a head's R must fit one program: D <= 128.
-  _backward_kernel  the same grid, steps T..1: loads the external gradient, saved values and states,
-                    pointwise backward, stores dg, then Gr tl.dot's dg_t R_g into the gradient carried
-                    to h_{t-1} (clipped / cut as reference.backward_op does).
+  _backward_kernel  the same grid, steps T..1: issues the loads of step t-1 (external gradient, saved
+                    values, states; pipelined as in the forward), pointwise backward on those of step
+                    t, stores dg, then Gr tl.dot's dg_t R_g into the gradient carried to h_{t-1}
+                    (clipped / cut as reference.backward_op does).
   _recurrent_weight_grad_kernel  dR after the recurrence, parallel over T*B: fp32 partial sums per
                     (head, gate, row chunk), added by torch in a fixed order (deterministic).
 db is a torch reduction of dg in fp32. CPU tensors run reference.forward_op/backward_op.
@@ -44,8 +47,9 @@ except ImportError:  # torch CPU builds; get_op() explains
 MAX_HEAD_DIM = 128   # 4 gates of R at D = 128 in bf16 are 128 KB: about what one SM holds on chip
 BATCH_TILE = 16      # tl.dot needs M >= 16; one tile per program keeps per-step latency low
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-# Steps depend on each other, so the software pipeliner has nothing to overlap; left on (3 stages) it
-# double-buffers R in shared memory (fp32 LSTM D=64 backward: 132 KB instead of 68 KB).
+# Triton's software pipeliner stays off: left on (3 stages) it double-buffers R in shared memory (fp32
+# LSTM D=64 backward: 132 KB instead of 68 KB) and has nothing to overlap, as the steps depend on each
+# other. The recurrent kernels pipeline their per-step loads by hand instead, one step ahead.
 RECURRENT_STAGES = 1
 
 # Debug aid for tests, as in _ops.py: outputs start as NaN, so an element a kernel fails to write shows.
@@ -108,7 +112,11 @@ def _cell_forward(CELL: tl.constexpr, p0, p1, p2, p3, h, c, n, m):
 @_jit()
 def _cell_backward(CELL: tl.constexpr, dh, dc, dn, v0, v1, v2, v3, v4, h_prev, c_prev, n_prev, c, n):
     """Total gradients on (h, c, n) of step t -> (dg0..dg3, pointwise part of dh_{t-1}, dc_{t-1},
-    dn_{t-1}); v0..v4 are the step's saved values, the states are read back rounded to the dtype."""
+    dn_{t-1}); v0..v4 are the step's saved values, the states are read back rounded to the dtype. All
+    in fp32 but v0..v4 and the states, which come as loaded (stored dtype) and are converted here."""
+    v0, v1, v2, v3, v4 = v0.to(tl.float32), v1.to(tl.float32), v2.to(tl.float32), v3.to(tl.float32), v4.to(tl.float32)
+    h_prev, c_prev, n_prev = h_prev.to(tl.float32), c_prev.to(tl.float32), n_prev.to(tl.float32)
+    c, n = c.to(tl.float32), n.to(tl.float32)
     zero = tl.zeros_like(dh)
     if CELL == "elman":
         dg0 = dh * (1.0 - v0 * v0)
@@ -163,6 +171,61 @@ def _load_if(ptrs, mask, PRESENT: tl.constexpr, BB: tl.constexpr, DP: tl.constex
 
 
 @_jit()
+def _mask_if(mask, exists):
+    """mask where the scalar `exists` holds, else all false. tl.where rather than `mask & exists`: in Triton's
+    interpreter (3.9) a bool tile & a bool scalar is an int32 tile, which tl.load rejects as a mask."""
+    return tl.where(exists, mask, False)
+
+
+@_jit()
+def _prefetch(ptrs, mask, PRESENT: tl.constexpr, BB: tl.constexpr, DP: tl.constexpr):
+    """A [BB, DP] tile in its stored dtype, or zeros if not PRESENT: a load of the next step, issued a step
+    ahead and carried by the loop. The caller converts it to fp32 where it is used, so no instruction
+    waits for the load in the step that issues it."""
+    x = tl.zeros((BB, DP), ptrs.dtype.element_ty)
+    if PRESENT:
+        x = tl.load(ptrs, mask=mask, other=0.0)
+    return x
+
+
+@_jit()
+def _load_wx(x_ptrs, ND, mask, FIRST: tl.constexpr, GB: tl.constexpr, BB: tl.constexpr, DP: tl.constexpr):
+    """The Wx tiles of one step for gates 0..3 (Wx feeds the last GW of the GB gates, from gate FIRST on;
+    zeros for the others), in Wx's dtype."""
+    x0 = _prefetch(x_ptrs + (0 - FIRST) * ND, mask, FIRST <= 0, BB, DP)
+    x1 = _prefetch(x_ptrs + (1 - FIRST) * ND, mask, (FIRST <= 1) & (GB > 1), BB, DP)
+    x2 = _prefetch(x_ptrs + (2 - FIRST) * ND, mask, (FIRST <= 2) & (GB > 2), BB, DP)
+    x3 = _prefetch(x_ptrs + (3 - FIRST) * ND, mask, (FIRST <= 3) & (GB > 3), BB, DP)
+    return x0, x1, x2, x3
+
+
+@_jit()
+def _load_backward_step(grads, states, saved, t, plane_size, state_stride, ND, mask, CELL: tl.constexpr,
+                        S: tl.constexpr, K: tl.constexpr, BB: tl.constexpr, DP: tl.constexpr):
+    """What backward step t reads, none of it dependent on the recurrence, in the stored dtype: the external
+    gradients on (h, c, n)_t, the saved values v0..v4 of step t, (h, c, n)_{t-1} and (c, n)_t. grads, states
+    and saved point at the program's tile of grad_states[0, 0], all_states[0, 0] and saved[0]."""
+    grad = grads + t * plane_size
+    g_h = _prefetch(grad, mask, True, BB, DP)
+    g_c = _prefetch(grad + state_stride, mask, S > 1, BB, DP)
+    g_n = _prefetch(grad + 2 * state_stride, mask, S > 2, BB, DP)
+    sv = saved + (t - 1) * plane_size * K
+    v0 = _prefetch(sv, mask, True, BB, DP)
+    v1 = _prefetch(sv + ND, mask, K > 1, BB, DP)
+    v2 = _prefetch(sv + 2 * ND, mask, K > 2, BB, DP)
+    v3 = _prefetch(sv + 3 * ND, mask, K > 3, BB, DP)
+    v4 = _prefetch(sv + 4 * ND, mask, K > 4, BB, DP)
+    cur = states + t * plane_size
+    prev = cur - plane_size
+    h_prev = _prefetch(prev, mask, CELL == "gru", BB, DP)
+    c_prev = _prefetch(prev + state_stride, mask, S > 1, BB, DP)
+    n_prev = _prefetch(prev + 2 * state_stride, mask, S > 2, BB, DP)
+    c = _prefetch(cur + state_stride, mask, S > 1, BB, DP)
+    n = _prefetch(cur + 2 * state_stride, mask, S > 2, BB, DP)
+    return g_h, g_c, g_n, v0, v1, v2, v3, v4, h_prev, c_prev, n_prev, c, n
+
+
+@_jit()
 def _load_recurrent(r_head, g: tl.constexpr, PRESENT: tl.constexpr, gate_stride, offsets, mask):
     """R[g] of this head as a [DP, DP] tile in R's dtype, laid out by `offsets`, zero outside D x D.
     A placeholder (never read, so compiled away) unless PRESENT."""
@@ -175,9 +238,9 @@ def _load_recurrent(r_head, g: tl.constexpr, PRESENT: tl.constexpr, gate_stride,
 @_jit()
 def _preactivation(g: tl.constexpr, GR: tl.constexpr, hq, rt, x, bias, r_head, gate_stride, r_offsets, r_mask,
                    R_ON_CHIP: tl.constexpr, PRECISION: tl.constexpr):
-    """Gate g's pre-activation in fp32: Wx term (zeros if none) + b_g, plus h R_g^T for the first GR
-    gates. Without R_ON_CHIP, R_g^T is loaded here, so only one gate's tile is live at a time."""
-    acc = x + bias[None, :]
+    """Gate g's pre-activation in fp32: Wx term (x in Wx's dtype, zeros if none) + b_g, plus h R_g^T for the
+    first GR gates. Without R_ON_CHIP, R_g^T is loaded here, so only one gate's tile is live at a time."""
+    acc = x.to(tl.float32) + bias[None, :]
     if g < GR:
         if not R_ON_CHIP:
             rt = _load_recurrent(r_head, g, True, gate_stride, r_offsets, r_mask)
@@ -237,19 +300,21 @@ def _forward_kernel(wx_ptr, r_ptr, b_ptr, states_ptr, saved_ptr, B, T, N, D, str
     b2 = _load_f32(bias_ptrs + 2 * ND, unit_ok & (GB > 2))
     b3 = _load_f32(bias_ptrs + 3 * ND, unit_ok & (GB > 3))
     state_stride = (T + 1) * plane_size  # all_states[s] -> all_states[s + 1]
-    h = _load_f32(states_ptr + plane, mask)
-    c = _load_if(states_ptr + state_stride + plane, mask, S > 1, BB, DP)
-    n = _load_if(states_ptr + 2 * state_stride + plane, mask, S > 2, BB, DP)
-    m = _load_if(states_ptr + 3 * state_stride + plane, mask, S > 3, BB, DP)
+    states = states_ptr + plane  # the program's tile of all_states[0, 0]
+    h = _load_f32(states, mask)
+    c = _load_if(states + state_stride, mask, S > 1, BB, DP)
+    n = _load_if(states + 2 * state_stride, mask, S > 2, BB, DP)
+    m = _load_if(states + 3 * state_stride, mask, S > 3, BB, DP)
+    saved = saved_ptr + saved_rows  # and of saved[0]
 
+    # Software pipelining by hand: steps depend on each other through h, Wx does not. Step t issues the
+    # loads of Wx_{t+1} (carried to the next iteration; masked off past the end) before its products and
+    # cell math, which then overlap the wait for global memory.
+    first = GB - GW  # Wx feeds the last GW of the GB gates
+    x0, x1, x2, x3 = _load_wx(x_rows, ND, _mask_if(mask, T > 0), first, GB, BB, DP)
     for t in range(T):
-        # Wx feeds the last GW of the GB gates; load before the products so the loads overlap them
-        x_ptrs = x_rows + t * stride_t
-        first = GB - GW
-        x0 = _load_if(x_ptrs + (0 - first) * ND, mask, first <= 0, BB, DP)
-        x1 = _load_if(x_ptrs + (1 - first) * ND, mask, (first <= 1) & (GB > 1), BB, DP)
-        x2 = _load_if(x_ptrs + (2 - first) * ND, mask, (first <= 2) & (GB > 2), BB, DP)
-        x3 = _load_if(x_ptrs + (3 - first) * ND, mask, (first <= 3) & (GB > 3), BB, DP)
+        next_x = x_rows + (t + 1) * stride_t
+        next0, next1, next2, next3 = _load_wx(next_x, ND, _mask_if(mask, t + 1 < T), first, GB, BB, DP)
         hq = h.to(dtype)  # h in the input dtype feeds the product, as in the CUDA kernels
         p0 = _preactivation(0, GR, hq, rt0, x0, b0, r_head, r_gate, r_offsets, r_mask, R_ON_CHIP, PRECISION)
         p1 = _preactivation(1, GR, hq, rt1, x1, b1, r_head, r_gate, r_offsets, r_mask, R_ON_CHIP, PRECISION)
@@ -259,7 +324,7 @@ def _forward_kernel(wx_ptr, r_ptr, b_ptr, states_ptr, saved_ptr, B, T, N, D, str
         if FORWARD_CLIP:  # clamps the carried h too (spec 3.5); the backward passes straight through
             h = tl.minimum(tl.maximum(h, -clipval), clipval)
 
-        out = states_ptr + (t + 1) * plane_size + plane
+        out = states + (t + 1) * plane_size
         _store(out, h, mask)
         if S > 1:
             _store(out + state_stride, c, mask)
@@ -268,7 +333,7 @@ def _forward_kernel(wx_ptr, r_ptr, b_ptr, states_ptr, saved_ptr, B, T, N, D, str
         if S > 3:
             _store(out + 3 * state_stride, m, mask)
         if NEED_SAVED:
-            sv = saved_ptr + t * plane_size * K + saved_rows
+            sv = saved + t * plane_size * K
             _store(sv, v0, mask)
             if K > 1:
                 _store(sv + ND, v1, mask)
@@ -278,6 +343,7 @@ def _forward_kernel(wx_ptr, r_ptr, b_ptr, states_ptr, saved_ptr, B, T, N, D, str
                 _store(sv + 3 * ND, v3, mask)
             if K > 4:
                 _store(sv + 4 * ND, v4, mask)
+        x0, x1, x2, x3 = next0, next1, next2, next3
 
 
 @_jit(do_not_specialize=["B", "T", "N"])
@@ -312,24 +378,19 @@ def _backward_kernel(grad_ptr, states_ptr, saved_ptr, r_ptr, dg_ptr, d0_ptr, B, 
     carried = tl.zeros((BB, DP), tl.float32)
     dc = tl.zeros((BB, DP), tl.float32)
     dn = tl.zeros((BB, DP), tl.float32)
+    # software pipelined as the forward: step t (T down to 1) issues the loads of step t-1 before its own
+    # work (masked off for step 0, which does not exist)
+    grads, states, saved = grad_ptr + plane, states_ptr + plane, saved_ptr + saved_rows  # tiles of [0, 0] / [0]
+    g_h, g_c, g_n, v0, v1, v2, v3, v4, h_prev, c_prev, n_prev, c, n = _load_backward_step(
+        grads, states, saved, T, plane_size, state_stride, ND, _mask_if(mask, T >= 1), CELL, S, K, BB, DP)
     for i in range(T):
         t = T - i
-        cur = t * plane_size + plane
-        prev = cur - plane_size
-        dh = carried + _load_f32(grad_ptr + cur, mask)
-        dc += _load_if(grad_ptr + state_stride + cur, mask, S > 1, BB, DP)
-        dn += _load_if(grad_ptr + 2 * state_stride + cur, mask, S > 2, BB, DP)
-        sv = saved_ptr + (t - 1) * plane_size * K + saved_rows
-        v0 = _load_f32(sv, mask)
-        v1 = _load_if(sv + ND, mask, K > 1, BB, DP)
-        v2 = _load_if(sv + 2 * ND, mask, K > 2, BB, DP)
-        v3 = _load_if(sv + 3 * ND, mask, K > 3, BB, DP)
-        v4 = _load_if(sv + 4 * ND, mask, K > 4, BB, DP)
-        h_prev = _load_if(states_ptr + prev, mask, CELL == "gru", BB, DP)
-        c_prev = _load_if(states_ptr + state_stride + prev, mask, S > 1, BB, DP)
-        n_prev = _load_if(states_ptr + 2 * state_stride + prev, mask, S > 2, BB, DP)
-        c = _load_if(states_ptr + state_stride + cur, mask, S > 1, BB, DP)
-        n = _load_if(states_ptr + 2 * state_stride + cur, mask, S > 2, BB, DP)
+        (next_g_h, next_g_c, next_g_n, next_v0, next_v1, next_v2, next_v3, next_v4, next_h_prev, next_c_prev,
+         next_n_prev, next_c, next_n) = _load_backward_step(grads, states, saved, t - 1, plane_size, state_stride, ND,
+                                                            _mask_if(mask, t - 1 >= 1), CELL, S, K, BB, DP)
+        dh = carried + g_h.to(tl.float32)
+        dc += g_c.to(tl.float32)
+        dn += g_n.to(tl.float32)
         dg0, dg1, dg2, dg3, carried, dc, dn = _cell_backward(CELL, dh, dc, dn, v0, v1, v2, v3, v4, h_prev,
                                                              c_prev, n_prev, c, n)
         out = dg_ptr + (t - 1) * plane_size * GB + dg_rows
@@ -351,6 +412,8 @@ def _backward_kernel(grad_ptr, states_ptr, saved_ptr, r_ptr, dg_ptr, d0_ptr, B, 
                                           R_ON_CHIP, PRECISION)
         if RECURRENT_CLIP:  # before the external gradient of h_{t-1} is added (spec 3.4)
             carried = tl.minimum(tl.maximum(carried, -clipval), clipval)
+        g_h, g_c, g_n, v0, v1, v2, v3, v4 = next_g_h, next_g_c, next_g_n, next_v0, next_v1, next_v2, next_v3, next_v4
+        h_prev, c_prev, n_prev, c, n = next_h_prev, next_c_prev, next_n_prev, next_c, next_n
 
     # gradients of the initial states: the carried ones plus the external gradient at t = 0
     # (the m of sLSTM carries none: it is a stabilizer)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import flashrnn
-from flashrnn import _ops
+from flashrnn import _core, _ops
 from flashrnn._cells import CELLS
 
 from conftest import (float64_reference, random_problem, reference_errors, rel_err, requires_grad,
@@ -154,7 +154,7 @@ def test_fused_falls_back_with_a_warning_when_no_fused_family_fits():
     # 64 CTAs per head x 12 heads cannot be resident at once on any GPU we target.
     _ops._warned.clear()
     inputs, ref, _, weights = _reference("lstm", 2, 5, 12, 512, torch.bfloat16, "random", 10)
-    with pytest.warns(UserWarning, match="no fused kernel for lstm with head_dim=512, 12 heads.*resident"):
+    with pytest.warns(UserWarning, match="no fused kernel for lstm with head_dim=512, 12 heads.*do not fit the GPU at once"):
         out = _run("lstm", "cuda_fused", inputs, weights)[0]
     assert rel_err(out, ref) <= 1e-2
 
@@ -219,13 +219,33 @@ def test_opcheck_on_cuda(function, family):
     torch.library.opcheck(bw, (grad, all_states.detach(), saved, R.detach(), False, 0.5, False))
 
 
-def test_cuda_error_becomes_python_exception_naming_the_kernel():
-    # 65536 heads exceed the grid's y limit: the launch fails cleanly, and says where.
+def test_more_heads_than_the_grid_holds_are_refused():
     Wx = torch.randn(1, 1, 1, 65536, 16, device="cuda")
     R = torch.randn(1, 65536, 16, 16, device="cuda")
     b = torch.randn(1, 65536, 16, device="cuda")
+    for backend in ("cuda", "cuda_fused"):
+        with pytest.raises(ValueError, match="at most 65535 heads"):
+            flashrnn.flashrnn(Wx, R, b, function="elman", backend=backend)
+
+
+def test_cuda_error_becomes_python_exception_naming_the_kernel():
+    # A launch the GPU refuses (grid y = 65536 heads > 65535), through the core directly: Python
+    # refuses such shapes before. The kernel runs once first: CUDA 13.0's runtime crashed the
+    # process when the first launch of a kernel not yet loaded (lazy loading) was invalid.
+    core = _core.require_cuda_core("cuda")
+    Wx = torch.randn(1, 1, 1, 65536, 16, device="cuda")
+    R = torch.randn(1, 65536, 16, 16, device="cuda")
+    b = torch.randn(1, 65536, 16, device="cuda")
+    flashrnn.flashrnn(Wx[:, :, :, :4], R[:, :4], b[:, :4], function="elman", backend="cuda")
+    B, T, N, D = 1, 1, 65536, 16
+    states = torch.zeros(1, T + 1, B, N, D, device="cuda")
+    saved = torch.empty(T, B, 1, N, D, device="cuda")
+    elman, fp32 = CELLS["elman"].code, _ops.DTYPE_CODES[torch.float32]
+    workspace = torch.empty(core.forward_workspace_floats(0, elman, fp32, B, N, D), device="cuda")
     with pytest.raises(RuntimeError, match=r"alternating_forward_kernel failed: cudaError"):
-        flashrnn.flashrnn(Wx, R, b, function="elman", backend="cuda")
+        core.forward(0, elman, fp32, 0, B, T, N, D, Wx.data_ptr(), Wx.stride(0), Wx.stride(1), R.data_ptr(),
+                     b.data_ptr(), states.data_ptr(), saved.data_ptr(), workspace.data_ptr(), False, 0.0, False,
+                     torch.cuda.current_stream().cuda_stream)
     torch.cuda.synchronize()  # the context is still usable
     flashrnn.flashrnn(Wx[:, :, :, :4], R[:, :4], b[:, :4], function="elman", backend="cuda")
 

@@ -34,6 +34,7 @@ FORWARD_SCHEMA = ("(Tensor Wx, Tensor R, Tensor b, Tensor states0, bool need_sav
 BACKWARD_SCHEMA = ("(Tensor grad_states, Tensor states, Tensor saved, Tensor R, bool recurrent_cut=False, "
                    "float? recurrent_clipval=None, bool allow_tf32=False) -> (Tensor, Tensor, Tensor, Tensor)")
 
+MAX_HEADS = 65535  # grid y (z for the multi-CTA kernels) is the head index
 _lib = torch.library.Library("flashrnn", "DEF")
 _warned: set = set()
 
@@ -64,6 +65,9 @@ def _check_cuda_inputs(name: str, *tensors: torch.Tensor) -> None:
     if tensors[0].dtype not in DTYPE_CODES:
         raise ValueError(f"flashrnn.{name}: the CUDA kernels run float32, float16 and bfloat16; got "
                          f"{tensors[0].dtype}; use backend='vanilla' for other dtypes")
+    if tensors[-1].shape[1] > MAX_HEADS:
+        raise ValueError(f"flashrnn.{name}: the CUDA kernels run at most {MAX_HEADS} heads (one grid row per "
+                         f"head), got {tensors[-1].shape[1]}; use backend='vanilla' or fewer, larger heads")
     if tensors[-1].shape[-1] % 16 != 0:
         raise ValueError(f"flashrnn.{name}: the CUDA kernels need a head dim that is a multiple of 16, got "
                          f"{tensors[-1].shape[-1]}; flashrnn.flashrnn() pads other head dims for you")

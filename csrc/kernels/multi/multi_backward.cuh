@@ -76,8 +76,10 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
     const unsigned want = unsigned(steps - s + 1);
     for (int i = tid; i < plan.slices; i += kThreads) {
       long long tries = 0;
-      while (ld_acquire_gpu(group_flags + i) < want)
+      while (ld_acquire_gpu(group_flags + i) < want) {
         if (++tries > multi::kMaxPolls) __trap();
+        __nanosleep(32);
+      }
     }
     __syncthreads();  // every CTA's dg_s is visible to the whole CTA
     const int mt = warp % mt_count, kg = warp / mt_count;
@@ -87,11 +89,17 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
     float acc[kChains][4] = {};
     for (int k0 = 0; k0 < kGr; k0 += plan.gates_per_chunk) {
       const int gates = plan.gates_per_chunk < kGr - k0 ? plan.gates_per_chunk : kGr - k0;
+      // 16-byte copies; copy i is (row, gate k, piece c), advanced incrementally (no divisions).
       const int per_row = gates * copies_per_gate, copies = valid_rows * per_row;
+      int row = tid / per_row, k = tid % per_row / copies_per_gate, c = tid % copies_per_gate;
       for (int i = tid; i < copies; i += kThreads) {
-        const int row = i / per_row, k = i % per_row / copies_per_gate, c = i % copies_per_gate;
         cp_async_16(stage + row * plan.a_row + (int64_t(k) * D * sizeof(T)) + c * 16,
                     dg_s + row * kGb * ND + (k0 + k) * ND + c * (16 / int(sizeof(T))), true);
+        for (c += kThreads; c >= copies_per_gate; c -= copies_per_gate)
+          if (++k == gates) {
+            k = 0;
+            ++row;
+          }
       }
       cp_async_commit();
       cp_async_wait<0>();
@@ -116,18 +124,21 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
       }
       __syncthreads();  // the chunk is consumed
     }
+    float sum[4] = {};
 #pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      float sum = 0.f;
+    for (int e = 0; e < 4; ++e)
 #pragma unroll
-      for (int c = 0; c < kChains; ++c) sum += acc[c][e];
-      red[(kg * rows + mt * 16 + g + 8 * (e / 2)) * multi::kUnits + 2 * q + e % 2] = sum;
-    }
+      for (int c = 0; c < kChains; ++c) sum[e] += acc[c][e];
+#pragma unroll
+    for (int h = 0; h < 2; ++h)  // rows g and g + 8
+      *reinterpret_cast<float2*>(red + (kg * rows + mt * 16 + g + 8 * h) * multi::kUnits + 2 * q) =
+          make_float2(sum[2 * h], sum[2 * h + 1]);
     __syncthreads();  // partial sums complete
-#pragma unroll
-    for (int u = 0; u < 2; ++u) {
-      rec[u] = 0.f;
-      for (int j = 0; j < k_groups; ++j) rec[u] += red[(j * rows + prow) * multi::kUnits + 2 * pair + u];
+    rec[0] = rec[1] = 0.f;
+    for (int j = 0; j < k_groups; ++j) {
+      const float2 v = *reinterpret_cast<const float2*>(red + (j * rows + prow) * multi::kUnits + 2 * pair);
+      rec[0] += v.x;
+      rec[1] += v.y;
     }
   };
   const float clip = p.recurrent_clip_value;
@@ -199,10 +210,8 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
     }
     if (!p.recurrent_cut) {
       __syncthreads();  // this CTA's dg_t is written
-      if (tid == 0) {
-        __threadfence();
-        st_release_gpu(group_flags + blockIdx.x, unsigned(steps - t + 1));
-      }
+      // The release store orders every write the barrier made visible to thread 0 (cumulativity).
+      if (tid == 0) st_release_gpu(group_flags + blockIdx.x, unsigned(steps - t + 1));
     }
   }
 

@@ -26,18 +26,12 @@ namespace multi {
 // Words of 32 bits per exchanged row, and the word a thread's unit pair lands in.
 template <class T> constexpr int kWordsPerPair = sizeof(T) == 4 ? 2 : 1;
 
-// A poll that has not seen its tag after this many tries means a broken launch; the kernel traps
+// Words a thread polls at once: all of them are re-read together until every tag matches, so a
+// step costs a few L2 round trips, not one per word.
+constexpr int kPollBatch = 24;
+// A poll that has not seen its tags after this many rounds means a broken launch; the kernel traps
 // (a CUDA error, raised in Python) rather than hanging the GPU.
 constexpr long long kMaxPolls = 1LL << 26;
-
-__device__ __forceinline__ uint64_t poll_tag(const uint64_t* p, uint64_t v, unsigned tag) {
-  long long tries = 0;
-  while (unsigned(v >> 32) != tag) {
-    if (++tries > kMaxPolls) __trap();
-    v = ld_relaxed_gpu(p);
-  }
-  return v;
-}
 
 template <class T>
 __device__ __forceinline__ uint32_t pack_pair(float a, float b) {
@@ -56,6 +50,7 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
   using Math = MathFor<T>;
   constexpr int kGr = Cell::kGatesR, kGw = Cell::kGatesW, kGb = Cell::kGatesB;
   constexpr int kS = Cell::kStates, kSaved = Cell::kSaved, kThreads = multi::kThreads;
+  constexpr int kRed = multi::red_stride(kGr);
 
   extern __shared__ __align__(128) unsigned char smem[];
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, q = lane % 4;
@@ -128,22 +123,34 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
   const uint32_t a_src = smem_addr(hs + (mt * 16 + (lane & 15)) * plan.a_row) + (lane >> 4) * 16;
   const float clip = p.forward_clip_value;
   for (int64_t t = 1; t <= steps; ++t) {
-    // h_{t-1} of every CTA of this (head, group) -> hs. Eight polls in flight per thread.
+    // h_{t-1} of every CTA of this (head, group) -> hs, kPollBatch words per thread at a time.
     {
       const uint64_t* src = exchange(int((t - 1) & 1), b0);
-      const int64_t total = valid_rows * words;
+      const int total = valid_rows * int(words);
       const unsigned tag = unsigned(t);
-      for (int64_t base = tid; base < total; base += 8 * kThreads) {
-        uint64_t v[8];
+      int row = tid / int(words), col = tid % int(words);  // of word i = base; advanced incrementally
+      for (int base = tid; base < total; base += multi::kPollBatch * kThreads) {
+        uint64_t v[multi::kPollBatch];
 #pragma unroll
-        for (int j = 0; j < 8; ++j)
+        for (int j = 0; j < multi::kPollBatch; ++j)
           if (base + j * kThreads < total) v[j] = ld_relaxed_gpu(src + base + j * kThreads);
+        for (long long round = 0;; ++round) {
+          bool ready = true;
 #pragma unroll
-        for (int j = 0; j < 8; ++j) {
-          const int64_t i = base + j * kThreads;
-          if (i >= total) break;
-          v[j] = multi::poll_tag(src + i, v[j], tag);
-          *reinterpret_cast<uint32_t*>(hs + (i / words) * plan.a_row + (i % words) * 4) = uint32_t(v[j]);
+          for (int j = 0; j < multi::kPollBatch; ++j)
+            if (base + j * kThreads < total && unsigned(v[j] >> 32) != tag) ready = false;
+          if (ready) break;
+          if (round > multi::kMaxPolls) __trap();
+          __nanosleep(32);
+#pragma unroll
+          for (int j = 0; j < multi::kPollBatch; ++j)
+            if (base + j * kThreads < total && unsigned(v[j] >> 32) != tag) v[j] = ld_relaxed_gpu(src + base + j * kThreads);
+        }
+#pragma unroll
+        for (int j = 0; j < multi::kPollBatch; ++j) {
+          if (base + j * kThreads >= total) break;
+          *reinterpret_cast<uint32_t*>(hs + row * plan.a_row + col * 4) = uint32_t(v[j]);
+          for (col += kThreads; col >= int(words); col -= int(words)) ++row;
         }
       }
     }
@@ -169,22 +176,29 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
 #pragma unroll
     for (int k = 0; k < kGr; ++k)
 #pragma unroll
-      for (int e = 0; e < 4; ++e)
-        red[(kg * rows + mt * 16 + g + 8 * (e / 2)) * (kGr * 8) + k * 8 + 2 * q + e % 2] = acc[k][e];
+      for (int h = 0; h < 2; ++h)  // rows g and g + 8
+        *reinterpret_cast<float2*>(red + (kg * rows + mt * 16 + g + 8 * h) * kRed + k * 8 + 2 * q) =
+            make_float2(acc[k][2 * h], acc[k][2 * h + 1]);
     __syncthreads();  // partial sums complete; hs may be refilled
 
     if (!pw) continue;
+    float2 rh_pair[kGr];  // R h_{t-1} at this thread's two units, summed over the k-groups
+#pragma unroll
+    for (int k = 0; k < kGr; ++k) {
+      rh_pair[k] = make_float2(0.f, 0.f);
+      for (int j = 0; j < k_groups; ++j) {
+        const float2 v = *reinterpret_cast<const float2*>(red + (j * rows + prow) * kRed + k * 8 + 2 * pair);
+        rh_pair[k].x += v.x;
+        rh_pair[k].y += v.y;
+      }
+    }
     float sv[2][kSaved];
 #pragma unroll
     for (int u = 0; u < 2; ++u) {
       // As in the single-CTA kernel: each gate's sum sits in exactly one of rh, wx, b.
       float rh[kGr], wu[kGw], bu[kGb];
 #pragma unroll
-      for (int k = 0; k < kGr; ++k) {
-        float sum = 0.f;
-        for (int j = 0; j < k_groups; ++j) sum += red[(j * rows + prow) * (kGr * 8) + k * 8 + 2 * pair + u];
-        rh[k] = sum;
-      }
+      for (int k = 0; k < kGr; ++k) rh[k] = u == 0 ? rh_pair[k].x : rh_pair[k].y;
 #pragma unroll
       for (int k = 0; k < kGw; ++k) wu[k] = wxn[k][u];
 #pragma unroll

@@ -24,6 +24,10 @@ constexpr int kOperandBudget = 100 * 1024;  // bytes for the staged operand rows
 constexpr int kFragBytes = 32 * 8;      // one B fragment (8 bytes per lane) of one n-tile
 constexpr int kSmemPerCtaReserve = 1024;  // the driver's per-CTA reservation
 
+// Floats per row of the cross-warp reduction buffer: tiles * 8 partial sums, padded so that a
+// warp's 8-byte stores and the pointwise threads' 8-byte loads hit every bank once per wavefront.
+constexpr int red_stride(int tiles) { return tiles == 1 ? kUnits : fused::round_up_c(tiles * kUnits, 32) + 8; }
+
 struct Plan {
   int mt = 0;                // 16-row m-tiles per CTA: 1, 2 or 4
   int groups = 0;            // batch groups of 16 * mt rows
@@ -82,7 +86,7 @@ constexpr const char* make_plan(Plan& p, bool backward, int gates_r, int esize, 
   if (budget > smem_per_block) budget = smem_per_block;
   budget -= fused::kSmemReserve;
   p.red_offset = p.rows() * p.a_row;
-  p.r_offset = p.red_offset + kWarps * 16 * tiles * kUnits * 4;
+  p.r_offset = p.red_offset + kWarps * 16 * red_stride(tiles) * 4;
   if (p.r_offset > budget) return "its CTAs do not fit the device's shared memory";
   const long long fit = (budget - p.r_offset) / (tiles * kFragBytes);
   p.resident = int(fit < ksteps ? fit : ksteps);

@@ -16,6 +16,7 @@ import time
 import torch
 
 import flashrnn
+from flashrnn.__main__ import largest_fused_head_dims
 from flashrnn._cells import CELLS
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
@@ -68,19 +69,11 @@ def time_cudnn(kind, B, T, H, dtype, reps):
 
 
 def fused_limits(B, N=1):
-    """The largest head dim (multiple of 64, up to 8192) that runs fused, forward and backward, per cell and
-    dtype on this GPU at batch B, N heads; the fused families are planned from the device's limits."""
-    from flashrnn import _core, _ops
-    core = _core.require_cuda_core("cuda_fused")
+    """The largest head dim that runs fused, forward and backward, per cell and dtype on this GPU."""
     lines = [f"Largest head dim that runs fused (forward and backward), B = {B}, {N} head:", ""]
-    for function, spec in CELLS.items():
-        best = {}
-        for name, dtype in DT.items():
-            ok = [D for D in range(64, 8193, 64)
-                  if all(core.fused_family(spec.code, _ops.DTYPE_CODES[dtype], B, N, D, 0, bw)[0] != 0
-                         for bw in (False, True))]
-            best[name] = max(ok, default=0)
-        lines.append(f"- {function}: " + ", ".join(f"{k} {v}" for k, v in best.items()))
+    for function in CELLS:
+        dims = largest_fused_head_dims(function, B, N)
+        lines.append(f"- {function}: " + ", ".join(f"{k} {v}" for k, v in dims.items()))
     return "\n".join(lines) + "\n"
 
 

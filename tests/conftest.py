@@ -74,7 +74,7 @@ def weighted_loss(states, last_states, w, w_last):
 
 
 # ---- float64 reference for the GPU backends (test_gpu.py, test_triton.py) ----------------------
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=4)  # GPU float64 references of T = 1024 cases take GBs
 def float64_reference(function, B, T, N, D, dtype, states="random", seed=0, options=(), device="cuda"):
     """(inputs in dtype, float64 states, float64 gradients, loss weights) for one problem, cached.
 

@@ -41,12 +41,29 @@ def info() -> bool:
     else:
         cuda = build["cuda_runtime_version"]
         print(f"core: CUDA runtime {cuda // 1000}.{cuda % 1000 // 10} (static), archs {', '.join(build['cuda_archs'])}")
-        print(f"  cells: {', '.join(CELLS)}; backends 'cuda' (any head dim) and 'cuda_fused' (head dims, per dtype):")
+        print(f"  cells: {', '.join(CELLS)}; backends 'cuda' (any head dim) and 'cuda_fused' (one CTA per head "
+              "for these head dims, per dtype; larger heads spread over several CTAs where they fit the GPU):")
         for dtype, dims in build["fused_head_dims"].items():
             print(f"    {dtype}: multiples of 16 up to {max(dims)}")
     print(f"GPU: {gpu}")
     print("the CUDA core runs on it" if runs else f"the CUDA core cannot run: {why}; backend='vanilla' is used")
+    if runs:
+        dims = ", ".join(f"{k} {v}" for k, v in largest_fused_head_dims("lstm").items())
+        print(f"  largest LSTM head dim that runs fused on it (batch 16, one head): {dims}")
     return runs
+
+
+def largest_fused_head_dims(function: str, batch: int = 16, heads: int = 1) -> dict[str, int]:
+    """Per dtype, the largest multiple of 64 (up to 8192) whose forward and backward both run fused on
+    the current GPU (planned from its limits; nothing is launched)."""
+    from ._ops import DTYPE_CODES
+    core, index, code = _core._C, torch.cuda.current_device(), CELLS[function].code
+    out = {}
+    for dtype, dcode in DTYPE_CODES.items():
+        fits = [D for D in range(64, 8193, 64)
+                if all(core.fused_family(code, dcode, batch, heads, D, index, bw)[0] for bw in (False, True))]
+        out[str(dtype).split(".")[-1]] = max(fits, default=0)
+    return out
 
 
 def _example(device: str, dtype: torch.dtype, B: int, T: int, N: int, D: int):

@@ -5,9 +5,9 @@
 
 #include <cuda_runtime.h>
 
-#include <sstream>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 namespace flashrnn {
 
@@ -16,9 +16,25 @@ class Error : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// Builds error messages with `<<` without iostreams. The core's code is compiled by nvcc as well as
+// the host compiler; with hidden visibility, a module built by nvcc 13.0 + g++ 13 instantiated
+// ostream's number formatting locally, with its own copies of the locale facet ids, and crashed
+// (a facet call landed in codecvt) the first time an error message formatted an int.
+class Message {
+ public:
+  Message& operator<<(const char* s) { text_ += s; return *this; }
+  Message& operator<<(const std::string& s) { text_ += s; return *this; }
+  template <class N, class = std::enable_if_t<std::is_integral_v<N>>>
+  Message& operator<<(N n) { text_ += std::to_string(n); return *this; }
+  const std::string& str() const { return text_; }
+
+ private:
+  std::string text_;
+};
+
 namespace detail {
 [[noreturn]] inline void throw_cuda(cudaError_t e, const char* what, const char* file, int line) {
-  std::ostringstream msg;
+  Message msg;
   msg << "flashrnn: " << what << " failed: " << cudaGetErrorName(e) << " (" << cudaGetErrorString(e)
       << ") at " << file << ":" << line;
   throw Error(msg.str());
@@ -47,7 +63,7 @@ namespace detail {
 #define FLASHRNN_CHECK(cond, msg)                                                      \
   do {                                                                                 \
     if (!(cond)) {                                                                     \
-      std::ostringstream flashrnn_msg_;                                                \
+      ::flashrnn::Message flashrnn_msg_;                                               \
       flashrnn_msg_ << "flashrnn: internal check failed: " << msg << " (" #cond ") at " \
                     << __FILE__ << ":" << __LINE__;                                    \
       throw ::flashrnn::Error(flashrnn_msg_.str());                                    \

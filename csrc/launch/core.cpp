@@ -4,6 +4,8 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <type_traits>
+
 #include "../common/check.h"
 #include "../kernels/fused/tuning.h"
 #include "../kernels/multi/plan.h"
@@ -47,15 +49,18 @@ void with_cell_and_dtype(CellKind cell, DType dtype, F&& f) {
   throw Error("flashrnn: unknown dtype code " + std::to_string(int(dtype)));
 }
 
-// Calls f.template operator()<kHeadDim>() for a compiled bucket.
-template <class F>
-void with_bucket(int bucket, bool is_float, F&& f) {
+// Calls f.template operator()<kHeadDim>() for a compiled bucket of element type T. The 128 bucket
+// exists for 16-bit types only; `if constexpr` keeps the fp32 instantiation from referring to a
+// launcher that was never compiled (a runtime check left that to the optimizer, and a module built
+// with g++ 13 kept the reference and failed to import).
+template <class T, class F>
+void with_bucket(int bucket, F&& f) {
   switch (bucket) {
     case 16: return f.template operator()<16>();
     case 32: return f.template operator()<32>();
     case 64: return f.template operator()<64>();
     case 128:
-      if (!is_float) return f.template operator()<128>();
+      if constexpr (!std::is_same_v<T, float>) return f.template operator()<128>();
       break;
   }
   throw Error("flashrnn: no fused kernel for head-dim bucket " + std::to_string(bucket));
@@ -163,8 +168,7 @@ void dispatch(Family family, CellKind cell, DType dtype, int device, const Param
   const int bucket = fused_bucket(cell, dtype, p.head_dim, device);
   FLASHRNN_CHECK(bucket != 0, "no fused kernel for head_dim " << p.head_dim << " on device " << device);
   with_cell_and_dtype(cell, dtype, [&]<class C, class T>() {
-    with_bucket(bucket, dtype == DType::kFloat32,
-                [&]<int kHeadDim>() { fused.template operator()<C, T, kHeadDim>(limits); });
+    with_bucket<T>(bucket, [&]<int kHeadDim>() { fused.template operator()<C, T, kHeadDim>(limits); });
   });
 }
 

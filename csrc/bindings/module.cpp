@@ -15,6 +15,7 @@
 #endif
 
 #if FLASHRNN_WITH_CUDA
+#include "../kernels/multi/plan.h"
 #include "../launch/core.h"
 namespace flashrnn {
 bool kernel_image_available(int device, std::string& why);
@@ -123,6 +124,24 @@ PYBIND11_MODULE(_C, m) {
     const Family f = flashrnn::fused_family(CellKind(cell), DType(dtype), b, n, d, device, backward, why);
     return py::make_tuple(int(f), why);
   }, "the family that runs this shape fused (1 one CTA per head, 2 multi-CTA), or 0 and why none does");
+  m.def("multi_plan", [](bool backward, int gates_r, int esize, int64_t batch, int64_t heads, int64_t head_dim,
+                         int smem_per_block, int smem_per_sm, int sm_count) {
+    namespace multi = flashrnn::multi;
+    multi::Plan p;
+    const char* why = multi::make_plan(p, backward, gates_r, esize, batch, heads, head_dim, smem_per_block,
+                                       smem_per_sm, sm_count);
+    py::dict d;
+    if (why != nullptr) {
+      d["why"] = std::string(why);
+      return d;
+    }
+    d["mt"] = p.mt; d["groups"] = p.groups; d["slices"] = p.slices; d["heads"] = p.heads;
+    d["gates_per_chunk"] = p.gates_per_chunk; d["a_row"] = p.a_row; d["red_offset"] = p.red_offset;
+    d["r_offset"] = p.r_offset; d["resident"] = p.resident; d["smem"] = p.smem; d["ctas"] = p.ctas;
+    d["exchange_words"] = multi::exchange_words(batch, heads, head_dim, esize);
+    d["flag_words"] = multi::flag_words(batch, heads, head_dim, esize);
+    return d;
+  }, "the multi-CTA kernels' plan for the given device limits (pure arithmetic, no GPU), or {'why': ...}");
   m.def("forward_workspace_floats", [](int family, int cell, int dtype, int64_t b, int64_t n, int64_t d) {
     return flashrnn::forward_workspace_floats(Family(family), CellKind(cell), DType(dtype), b, n, d);
   });

@@ -1,0 +1,93 @@
+"""The multi-CTA kernels' plan (csrc/kernels/multi/plan.h), checked without a GPU: it is pure
+arithmetic on the device's limits, exposed as flashrnn._C.multi_plan. For the limits of the GPUs
+we target, every accepted plan must fit the device (all CTAs resident at once, shared memory per
+CTA and per SM), cover the batch and the head exactly, and agree with the workspace sizes the ops
+allocate; and the head-dim limits the docs state must follow from it."""
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+
+from flashrnn import _core
+from flashrnn._cells import CELLS
+
+pytestmark = pytest.mark.skipif(not _core.has_cuda_core(), reason="needs the compiled CUDA core (no GPU needed)")
+
+# (opt-in shared memory per block, shared memory per SM, SMs), from the CUDA programming guide's
+# compute-capability tables and cudaGetDeviceProperties on the H100 we measure on.
+DEVICES = {
+    "H100 SXM (sm_90)": (232448, 233472, 132),
+    "A100 SXM (sm_80)": (166912, 167936, 108),
+    "RTX A6000 (sm_86)": (101376, 102400, 84),
+}
+ESIZE = {"float32": 4, "float16": 2, "bfloat16": 2}
+RESERVE, PER_CTA, OPERAND_BUDGET, MAX_PER_SM = 2048, 1024, 100 * 1024, 2
+
+
+def plan(backward, function, dtype, B, N, D, device):
+    return _core._C.multi_plan(backward, CELLS[function].gates_r, ESIZE[dtype], B, N, D, *DEVICES[device])
+
+
+@pytest.mark.parametrize("device", list(DEVICES))
+def test_every_accepted_plan_fits_the_device_and_covers_the_problem(device):
+    smem_block, smem_sm, sms = DEVICES[device]
+    accepted = 0
+    for function, dtype, backward, B, N, D in itertools.product(
+            CELLS, ESIZE, (False, True), (1, 3, 16, 17, 64, 256), (1, 2, 3, 12), range(256, 4097, 128)):
+        p = plan(backward, function, dtype, B, N, D, device)
+        if "why" in p:
+            continue
+        accepted += 1
+        where = (function, dtype, backward, B, N, D)
+        rows = 16 * p["mt"]
+        assert p["mt"] in (1, 2, 4), where
+        assert p["slices"] * 8 == D and p["heads"] == N, where
+        assert p["groups"] * rows >= B > (p["groups"] - 1) * rows, where
+        assert p["ctas"] == p["slices"] * p["groups"] * N, where
+        per_sm = math.ceil(p["ctas"] / sms)
+        assert per_sm <= MAX_PER_SM, where
+        assert p["smem"] <= smem_block - RESERVE, where
+        assert per_sm * (p["smem"] + PER_CTA) <= smem_sm, where
+        assert rows * p["a_row"] <= OPERAND_BUDGET, where
+        gates_r, k = CELLS[function].gates_r, 8 if dtype == "float32" else 16
+        ksteps = (gates_r if backward else 1) * D // k
+        assert 0 <= p["resident"] <= ksteps, where
+        tiles = 1 if backward else gates_r
+        assert p["smem"] == p["r_offset"] + p["resident"] * tiles * 256, where
+        assert 1 <= p["gates_per_chunk"] <= (gates_r if backward else 1), where
+        # the ops' workspaces (exchange words, one flag per CTA) match the plan's padding
+        assert p["exchange_words"] == 2 * N * p["groups"] * rows * D * ESIZE[dtype] // 4, where
+        assert p["flag_words"] == p["ctas"], where
+    assert accepted > 500
+
+
+def test_h100_head_dim_limits_stated_in_the_docs():
+    # README and `python -m flashrnn info`: at batch 16, one head, on an H100 the largest head dim
+    # that runs fused forward and backward is 2112 in bf16/fp16 for every cell, 1408 in fp32 for
+    # LSTM, GRU and sLSTM, 1536 for Elman.
+    expected = {("bfloat16", f): 2112 for f in CELLS} | {("float16", f): 2112 for f in CELLS}
+    expected |= {("float32", "lstm"): 1408, ("float32", "gru"): 1408, ("float32", "slstm"): 1408,
+                 ("float32", "elman"): 1536}
+    for (dtype, function), limit in expected.items():
+        fits = [D for D in range(256, 8193, 64)
+                if all("why" not in plan(bw, function, dtype, 16, 1, D, "H100 SXM (sm_90)") for bw in (False, True))]
+        assert max(fits) == limit, (dtype, function, max(fits))
+
+
+def test_the_issue_shapes_run_multi_cta_on_an_h100():
+    for function, dtype in itertools.product(CELLS, ("bfloat16", "float16")):
+        for B, N, D in [(16, 1, 768), (16, 3, 256), (64, 1, 768), (16, 1, 2048), (1, 3, 512)]:
+            for backward in (False, True):
+                p = plan(backward, function, dtype, B, N, D, "H100 SXM (sm_90)")
+                assert "why" not in p, (function, dtype, B, N, D, backward, p)
+
+
+def test_refusals_say_why():
+    p = plan(False, "lstm", "bfloat16", 2, 12, 512, "H100 SXM (sm_90)")  # 768 CTAs
+    assert "do not fit the GPU at once" in p["why"]
+    p = plan(False, "lstm", "float32", 16, 1, 8192, "H100 SXM (sm_90)")  # 16 rows of h: 512 KB
+    assert "too large" in p["why"]
+    p = plan(False, "lstm", "bfloat16", 16, 1, 250, "H100 SXM (sm_90)")
+    assert "multiple of 16" in p["why"]

@@ -229,9 +229,10 @@ def test_more_heads_than_the_grid_holds_are_refused():
 
 
 def test_cuda_error_becomes_python_exception_naming_the_kernel():
-    # A launch the GPU refuses (grid y = 65536 heads > 65535), through the core directly: Python
-    # refuses such shapes before. The kernel runs once first: CUDA 13.0's runtime crashed the
-    # process when the first launch of a kernel not yet loaded (lazy loading) was invalid.
+    # A launch the GPU refuses (grid y = 65536 heads > 65535), through the core directly (Python
+    # refuses such shapes before any launch), after a valid launch of the same kernel; the context
+    # stays usable. (A module built with g++ 13 once crashed here while formatting the message:
+    # see Message in csrc/common/check.h.)
     core = _core.require_cuda_core("cuda")
     Wx = torch.randn(1, 1, 1, 65536, 16, device="cuda")
     R = torch.randn(1, 65536, 16, 16, device="cuda")

@@ -91,3 +91,5 @@ def test_refusals_say_why():
     assert "too large" in p["why"]
     p = plan(False, "lstm", "bfloat16", 16, 1, 250, "H100 SXM (sm_90)")
     assert "multiple of 16" in p["why"]
+    p = plan(True, "gru", "bfloat16", 0, 1, 768, "H100 SXM (sm_90)")  # a raw op call with an empty batch
+    assert "no batch row" in p["why"]

@@ -60,6 +60,7 @@ constexpr int m_tiles(long long batch, long long head_dim, int esize) {
 constexpr const char* make_plan(Plan& p, bool backward, int gates_r, int esize, long long batch, long long heads,
                                 long long head_dim, int smem_per_block, int smem_per_sm, int sm_count) {
   if (head_dim % 16 != 0 || head_dim < 16) return "the head dim is not a multiple of 16";
+  if (batch < 1 || heads < 1 || sm_count < 1) return "there is no batch row or no head to run";
   const long long k_per_step = esize == 4 ? 8 : 16;
   const long long ksteps = (backward ? gates_r : 1) * head_dim / k_per_step;
   const int tiles = backward ? 1 : gates_r;

@@ -24,6 +24,17 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture
+def poison_outputs():
+    """The CUDA ops fill every output with NaN before their kernels run, so an element a kernel
+    fails to write cannot pass unnoticed (the GPU suites use it for every test)."""
+    from flashrnn import _ops
+
+    _ops.POISON_OUTPUTS = True
+    yield
+    _ops.POISON_OUTPUTS = False
+
+
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     """||a - b|| / ||b|| in float64; NaN anywhere counts as an infinite error."""
     a, b = a.detach().double(), b.detach().double()

@@ -18,16 +18,9 @@ from flashrnn._cells import CELLS
 from conftest import (float64_reference, random_problem, reference_errors, rel_err, requires_grad,
                       run_with_grads, weighted_loss)
 
-pytestmark = pytest.mark.gpu
+pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("poison_outputs")]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 TOL = {torch.float32: 1e-4, torch.bfloat16: 1e-2, torch.float16: 1e-2}
-
-
-@pytest.fixture(autouse=True)
-def poison_outputs():
-    _ops.POISON_OUTPUTS = True
-    yield
-    _ops.POISON_OUTPUTS = False
 
 
 _reference = float64_reference
@@ -81,17 +74,22 @@ OPTIONS = {
 }
 
 
-@pytest.mark.parametrize("option", list(OPTIONS))
-@pytest.mark.parametrize("backend", ["cuda", "cuda_fused"])
-@pytest.mark.parametrize("function", list(CELLS))
-def test_options_match_float64(function, backend, option):
+def check_option(function, backend, option, D):
+    """fp32, B = 5, T = 33, 2 heads of D with one clip/cut option, against float64 (<= 1e-4)."""
     opts = OPTIONS[option]
     ref_opts = tuple((k.replace("gradient_", ""), v) for k, v in opts)
-    inputs, ref, ref_grads, weights = _reference(function, 5, 33, 2, 32, torch.float32, "random", 4, ref_opts)
+    inputs, ref, ref_grads, weights = _reference(function, 5, 33, 2, D, torch.float32, "random", 4, ref_opts)
     out, last, grads = _run(function, backend, inputs, weights, opts)
     assert rel_err(out, ref) <= 1e-4
     for name, g, r in zip(["dWx", "dR", "db", "dstates"], grads, ref_grads):
         assert rel_err(g, r) <= 1e-4, (name, rel_err(g, r))
+
+
+@pytest.mark.parametrize("option", list(OPTIONS))
+@pytest.mark.parametrize("backend", ["cuda", "cuda_fused"])
+@pytest.mark.parametrize("function", list(CELLS))
+def test_options_match_float64(function, backend, option):
+    check_option(function, backend, option, 32)
 
 
 @pytest.mark.parametrize("function", list(CELLS))

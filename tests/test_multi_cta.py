@@ -12,16 +12,9 @@ from flashrnn import _core, _ops
 from flashrnn._cells import CELLS
 
 from conftest import float64_reference, rel_err, run_with_grads
-from test_gpu import DTYPES, TOL, check_against_reference
+from test_gpu import DTYPES, OPTIONS, TOL, check_against_reference, check_option
 
-pytestmark = pytest.mark.gpu
-
-
-@pytest.fixture(autouse=True)
-def poison_outputs():
-    _ops.POISON_OUTPUTS = True
-    yield
-    _ops.POISON_OUTPUTS = False
+pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("poison_outputs")]
 
 
 def family(function, dtype, B, N, D, backward):
@@ -56,24 +49,11 @@ def test_multi_cta_matches_float64(shape, function, dtype):
     check_against_reference(function, "cuda_fused", dt, B, T, N, D)
 
 
-OPTIONS = {
-    "cut": (("gradient_recurrent_cut", True),),
-    "clip": (("gradient_recurrent_clipval", 0.05),),
-    "forward_clip": (("forward_clipval", 0.3),),
-}
-
-
 @pytest.mark.parametrize("option", list(OPTIONS))
 @pytest.mark.parametrize("function", list(CELLS))
 def test_multi_cta_options_match_float64(function, option):
-    opts = OPTIONS[option]
-    ref_opts = tuple((k.replace("gradient_", ""), v) for k, v in opts)
     assert_multi(function, torch.float32, 5, 2, 256)
-    inputs, ref, ref_grads, weights = float64_reference(function, 5, 33, 2, 256, torch.float32, "random", 4, ref_opts)
-    out, last, grads = run_with_grads(function, "cuda_fused", inputs, weights, opts)
-    assert rel_err(out, ref) <= 1e-4
-    for name, g, r in zip(["dWx", "dR", "db", "dstates"], grads, ref_grads):
-        assert rel_err(g, r) <= 1e-4, (name, rel_err(g, r))
+    check_option(function, "cuda_fused", option, 256)
 
 
 @pytest.mark.parametrize("function", list(CELLS))

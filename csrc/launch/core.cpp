@@ -100,15 +100,22 @@ void check_head_dim(int64_t head_dim) {
 
 CellInfo cell_info(CellKind cell) { return info_of(cell); }
 
-int fused_bucket(CellKind cell, DType dtype, int64_t head_dim, int device) {
+namespace {
+// The single-CTA bucket that holds head_dim and whose kernels fit the device's shared memory, or 0.
+int bucket_that_fits(CellKind cell, DType dtype, int64_t head_dim, const DeviceLimits& limits) {
   const CellInfo c = info_of(cell);
   if (head_dim > 1 << 20) return 0;
   const int bucket = fused::bucket_for(int(head_dim), dtype == DType::kFloat32);
   if (bucket == 0) return 0;
-  const int limit = limits_of(device).smem_per_block, esize = element_size(dtype);
+  const int limit = limits.smem_per_block, esize = element_size(dtype);
   const bool fits = fused::forward_layout(bucket, esize, c.gates_w).stages(limit) >= 2 &&
                     fused::backward_layout(bucket, esize, c.gates_r, c.saved, c.states).stages(limit) >= 2;
   return fits ? bucket : 0;
+}
+}  // namespace
+
+int fused_bucket(CellKind cell, DType dtype, int64_t head_dim, int device) {
+  return bucket_that_fits(cell, dtype, head_dim, limits_of(device));
 }
 
 std::vector<int> fused_buckets(DType dtype) {
@@ -119,8 +126,8 @@ std::vector<int> fused_buckets(DType dtype) {
 Family fused_family(CellKind cell, DType dtype, int64_t batch, int64_t heads, int64_t head_dim, int device,
                     bool backward, std::string& why) {
   const CellInfo c = info_of(cell);
-  if (fused_bucket(cell, dtype, head_dim, device) != 0) return Family::kFused;
   const DeviceLimits d = limits_of(device);
+  if (bucket_that_fits(cell, dtype, head_dim, d) != 0) return Family::kFused;
   multi::Plan plan;
   const char* reason = multi::make_plan(plan, backward, c.gates_r, element_size(dtype), batch, heads, head_dim,
                                         d.smem_per_block, d.smem_per_sm, d.sm_count);
@@ -165,7 +172,7 @@ void dispatch(Family family, CellKind cell, DType dtype, int device, const Param
   if (family == Family::kMulti) {
     return with_cell_and_dtype(cell, dtype, [&]<class C, class T>() { multi.template operator()<C, T>(limits); });
   }
-  const int bucket = fused_bucket(cell, dtype, p.head_dim, device);
+  const int bucket = bucket_that_fits(cell, dtype, p.head_dim, limits);
   FLASHRNN_CHECK(bucket != 0, "no fused kernel for head_dim " << p.head_dim << " on device " << device);
   with_cell_and_dtype(cell, dtype, [&]<class C, class T>() {
     with_bucket<T>(bucket, [&]<int kHeadDim>() { fused.template operator()<C, T, kHeadDim>(limits); });

@@ -24,7 +24,7 @@ import torch
 from . import _core, reference
 from ._cells import CELLS, CellSpec
 
-FAMILIES = {"alternating": 0, "fused": 1}  # the op families; "fused" runs in one of two kernel families:
+FAMILIES = ("alternating", "fused")  # the op families; a "fused" op runs one of two fused kernel families
 KERNEL_FAMILIES = {"alternating": 0, "fused": 1, "multi": 2}  # codes of csrc/launch/core.h Family
 DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 

@@ -11,6 +11,11 @@
 
 namespace flashrnn::multi {
 
+// A poll (the forward's tagged words, the backward's counters) that has not seen what it waits
+// for after this many rounds means a broken launch: the kernel traps (a CUDA error, raised in
+// Python) rather than hanging the GPU.
+constexpr long long kMaxPolls = 1LL << 26;
+
 template <class... Params, class... Args>
 void launch_cooperative(void (*kernel)(Params...), const Plan& plan, const DeviceLimits& device, cudaStream_t stream,
                         const char* name, const Args&... args) {

@@ -19,7 +19,6 @@
 #include "../weight_grad/sizes.h"
 #include "../weight_grad/weight_grad.cuh"
 #include "cooperative.cuh"
-#include "multi_forward.cuh"
 
 namespace flashrnn {
 

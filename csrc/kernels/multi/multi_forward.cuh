@@ -23,23 +23,12 @@
 namespace flashrnn {
 
 namespace multi {
-// Words of 32 bits per exchanged row, and the word a thread's unit pair lands in.
+// 32-bit exchange words per unit pair: one for two 16-bit values, two for two fp32 values.
 template <class T> constexpr int kWordsPerPair = sizeof(T) == 4 ? 2 : 1;
 
 // Words a thread polls at once: all of them are re-read together until every tag matches, so a
 // step costs a few L2 round trips, not one per word.
 constexpr int kPollBatch = 24;
-// A poll that has not seen its tags after this many rounds means a broken launch; the kernel traps
-// (a CUDA error, raised in Python) rather than hanging the GPU.
-constexpr long long kMaxPolls = 1LL << 26;
-
-template <class T>
-__device__ __forceinline__ uint32_t pack_pair(float a, float b) {
-  typename Pair<T>::type v;
-  v.x = from_float<T>(a);
-  v.y = from_float<T>(b);
-  return *reinterpret_cast<uint32_t*>(&v);
-}
 }  // namespace multi
 
 template <class Cell, class T>
@@ -100,7 +89,7 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
     const uint64_t tag = uint64_t(t + 1) << 32;
     uint64_t* dst = exchange(int(t & 1), pb) + unit * int64_t(sizeof(T)) / 4;
     if constexpr (kPairWords == 1) {
-      st_relaxed_gpu(dst, tag | multi::pack_pair<T>(st[0][0], st[1][0]));
+      st_relaxed_gpu(dst, tag | M::pack(from_float<T>(st[0][0]), from_float<T>(st[1][0])));
     } else {
       st_relaxed_gpu(dst, tag | __float_as_uint(st[0][0]));
       st_relaxed_gpu(dst + 1, tag | __float_as_uint(st[1][0]));

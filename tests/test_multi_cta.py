@@ -11,8 +11,8 @@ import torch
 from flashrnn import _core, _ops
 from flashrnn._cells import CELLS
 
-from conftest import float64_reference, rel_err, run_with_grads
-from test_gpu import DTYPES, OPTIONS, TOL, check_against_reference, check_option
+from conftest import float64_reference, run_with_grads
+from test_gpu import DTYPES, OPTIONS, check_against_reference, check_fused_repeatable_and_agrees, check_option
 
 pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("poison_outputs")]
 
@@ -66,16 +66,8 @@ def test_multi_cta_zero_initial_states(function):
 @pytest.mark.parametrize("dtype", list(DTYPES))
 @pytest.mark.parametrize("function", list(CELLS))
 def test_multi_cta_agrees_with_alternating_and_is_deterministic(function, dtype):
-    dt = DTYPES[dtype]
-    assert_multi(function, dt, 19, 1, 384)
-    inputs, _, _, weights = float64_reference(function, 19, 65, 1, 384, dt, "random", 7)
-    first = run_with_grads(function, "cuda_fused", inputs, weights)
-    again = run_with_grads(function, "cuda_fused", inputs, weights)
-    alternating = run_with_grads(function, "cuda", inputs, weights)
-    for a, b in zip([first[0], first[1], *first[2]], [again[0], again[1], *again[2]]):
-        assert torch.equal(a, b), "multi-CTA results differ between two runs"
-    for a, b in zip([first[0], *first[2]], [alternating[0], *alternating[2]]):
-        assert rel_err(a, b) <= TOL[dt]
+    assert_multi(function, DTYPES[dtype], 19, 1, 384)
+    check_fused_repeatable_and_agrees(function, DTYPES[dtype], 1, 384)
 
 
 def test_multi_cta_cuda_graph_capture_and_replay():

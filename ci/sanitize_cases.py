@@ -1,22 +1,24 @@
 """A small forward + backward of every cell on both CUDA families (and every dtype), for
 compute-sanitizer (memcheck / racecheck / synccheck):
     compute-sanitizer --tool racecheck --kernel-name kns=flashrnn python ci/sanitize_cases.py
-Batch 19 and head dim 48 exercise the masked tails (partial batch tile, bucket padding); head dim
-256 runs the multi-CTA fused kernels (32 CTAs per head exchanging through L2)."""
+Batch 19 and head dim 48 exercise the masked tails (partial batch tile, bucket padding); 48 heads
+of dim 16 give 144 CTAs of 8 rows, more than an H100 holds, so the fused kernels take 16-row tiles
+(and an odd chunk count in 16-bit); head dim 256 runs the multi-CTA fused kernels (32 CTAs per
+head exchanging through L2)."""
 import torch
 
 import flashrnn
 
-CASES = [("cuda_fused", 48), ("cuda", 48), ("cuda_fused", 256)]
+CASES = [("cuda_fused", 48, 2), ("cuda_fused", 16, 48), ("cuda", 48, 2), ("cuda_fused", 256, 2)]
 for function in flashrnn.CELLS:
-    for backend, D in CASES:
+    for backend, D, N in CASES:
         for dtype in (torch.bfloat16, torch.float32):
             spec = flashrnn.CELLS[function]
             g = torch.Generator(device="cpu").manual_seed(0)
-            Wx = torch.randn(19, 5, spec.gates_w, 2, D, generator=g).to("cuda", dtype).requires_grad_()
-            R = (torch.randn(spec.gates_r, 2, D, D, generator=g) / D ** 0.5).to("cuda", dtype).requires_grad_()
-            b = torch.randn(spec.gates_b, 2, D, generator=g).to("cuda", dtype).requires_grad_()
+            Wx = torch.randn(19, 5, spec.gates_w, N, D, generator=g).to("cuda", dtype).requires_grad_()
+            R = (torch.randn(spec.gates_r, N, D, D, generator=g) / D ** 0.5).to("cuda", dtype).requires_grad_()
+            b = torch.randn(spec.gates_b, N, D, generator=g).to("cuda", dtype).requires_grad_()
             states, last = flashrnn.flashrnn(Wx, R, b, function=function, backend=backend)
             (states.float().sum() + last.float().sum()).backward()
             torch.cuda.synchronize()
-            print(f"{function} {backend} D={D} {dtype}: ok", flush=True)
+            print(f"{function} {backend} N={N} D={D} {dtype}: ok", flush=True)

@@ -108,8 +108,8 @@ int bucket_that_fits(CellKind cell, DType dtype, int64_t head_dim, const DeviceL
   const int bucket = fused::bucket_for(int(head_dim), dtype == DType::kFloat32);
   if (bucket == 0) return 0;
   const int limit = limits.smem_per_block, esize = element_size(dtype);
-  const bool fits = fused::forward_layout(bucket, esize, c.gates_w).stages(limit) >= 2 &&
-                    fused::backward_layout(bucket, esize, c.gates_r, c.saved, c.states).stages(limit) >= 2;
+  const bool fits = fused::forward_layout(bucket, esize, c.gates_w, c.states + c.saved).stages(limit) >= 2 &&
+                    fused::backward_layout(bucket, esize, c.gates_b, c.saved, c.states).stages(limit) >= 2;
   return fits ? bucket : 0;
 }
 }  // namespace
@@ -147,7 +147,7 @@ int64_t forward_workspace_floats(Family family, CellKind cell, DType dtype, int6
 int64_t backward_workspace_floats(Family family, CellKind cell, DType dtype, int64_t batch, int64_t steps,
                                   int64_t heads, int64_t head_dim) {
   const CellInfo c = info_of(cell);
-  const int64_t partials = weight_grad::bias_parts(steps * batch) * c.gates_b * heads * head_dim;
+  const int64_t partials = weight_grad::scratch_floats(steps * batch, c.gates_r, c.gates_b, heads, head_dim);
   const int64_t carry = family == Family::kAlternating ? c.states * batch * heads * head_dim : 0;
   const int64_t flags =
       family == Family::kMulti ? multi::flag_words(batch, heads, head_dim, element_size(dtype)) : 0;

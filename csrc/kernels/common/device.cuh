@@ -52,6 +52,16 @@ __device__ __forceinline__ void store_pair(T* p, float a, float b) {
   *reinterpret_cast<typename Pair<T>::type*>(p) = v;
 }
 
+template <class T>
+__device__ __forceinline__ float load_one(const T* p) { return to_float(*p); }
+template <class T>
+__device__ __forceinline__ void store_one(T* p, float v) { *p = from_float<T>(v); }
+
+// A named barrier for `threads` threads (a multiple of 32) of the block; id 0 is __syncthreads.
+__device__ __forceinline__ void named_barrier(int id, int threads) {
+  asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory");
+}
+
 // ---- tensor-core products --------------------------------------------------------------------
 __device__ __forceinline__ uint32_t to_tf32(float x) {
   uint32_t r;
@@ -82,6 +92,24 @@ struct MmaHalf {
     a[1] = row_hi ? *reinterpret_cast<const uint32_t*>(hi) : 0u;
     a[2] = row_lo ? *reinterpret_cast<const uint32_t*>(lo + 8) : 0u;
     a[3] = row_hi ? *reinterpret_cast<const uint32_t*>(hi + 8) : 0u;
+  }
+  // A fragment from two row pointers: lo = &A[g][0], hi = &A[g + 8][0] of this lane (k
+  // contiguous); hi == nullptr reads as zeros.
+  __device__ static void load_a_rows(uint32_t (&a)[4], const T* lo, const T* hi) {
+    const int q = threadIdx.x % 4;
+    a[0] = *reinterpret_cast<const uint32_t*>(lo + 2 * q);
+    a[1] = hi ? *reinterpret_cast<const uint32_t*>(hi + 2 * q) : 0u;
+    a[2] = *reinterpret_cast<const uint32_t*>(lo + 2 * q + 8);
+    a[3] = hi ? *reinterpret_cast<const uint32_t*>(hi + 2 * q + 8) : 0u;
+  }
+  // A fragment; element (m, k) at p[k * ld + m] (m contiguous): two scalar loads per register.
+  __device__ static void load_a_kmajor(uint32_t (&a)[4], const T* p, int64_t ld) {
+    const int g = threadIdx.x % 32 / 4, q = threadIdx.x % 4;
+    const T* e = p + (2 * q) * ld + g;
+    a[0] = pack(e[0], e[ld]);
+    a[1] = pack(e[8], e[ld + 8]);
+    a[2] = pack(e[8 * ld], e[9 * ld]);
+    a[3] = pack(e[8 * ld + 8], e[9 * ld + 8]);
   }
   // B fragment; element (k, n) at p[n * ld + k] (k contiguous).
   __device__ static void load_b(uint32_t (&b)[2], const T* p, int64_t ld) {
@@ -137,6 +165,20 @@ struct Mma<float> {
     a[2] = row_lo ? __float_as_uint(lo[4]) : 0u;
     a[3] = row_hi ? __float_as_uint(hi[4]) : 0u;
   }
+  __device__ static void load_a_rows(uint32_t (&a)[4], const float* lo, const float* hi) {
+    const int q = threadIdx.x % 4;
+    a[0] = __float_as_uint(lo[q]);
+    a[1] = hi ? __float_as_uint(hi[q]) : 0u;
+    a[2] = __float_as_uint(lo[q + 4]);
+    a[3] = hi ? __float_as_uint(hi[q + 4]) : 0u;
+  }
+  __device__ static void load_a_kmajor(uint32_t (&a)[4], const float* p, int64_t ld) {
+    const int g = threadIdx.x % 32 / 4, q = threadIdx.x % 4;
+    a[0] = __float_as_uint(p[q * ld + g]);
+    a[1] = __float_as_uint(p[q * ld + g + 8]);
+    a[2] = __float_as_uint(p[(q + 4) * ld + g]);
+    a[3] = __float_as_uint(p[(q + 4) * ld + g + 8]);
+  }
   __device__ static void load_b(uint32_t (&b)[2], const float* p, int64_t ld) {
     const int g = threadIdx.x % 32 / 4, q = threadIdx.x % 4;
     b[0] = __float_as_uint(p[g * ld + q]);
@@ -179,6 +221,19 @@ __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t row_addre
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(row_address));
+}
+
+// Two 8x8 matrices (lanes 0-15 give the row addresses): the B fragment of one k16 (bf16/fp16)
+// or k8 (fp32) slice of 8 rows x 32 bytes, as the first half of ldmatrix_x4 would.
+__device__ __forceinline__ void ldmatrix_x2(uint32_t (&r)[2], uint32_t row_address) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];"
+               : "=r"(r[0]), "=r"(r[1])
+               : "r"(row_address));
+}
+
+// 16 bytes from shared to global memory (both 16-byte aligned).
+__device__ __forceinline__ void copy_16(void* gmem, const void* smem) {
+  *reinterpret_cast<uint4*>(gmem) = *reinterpret_cast<const uint4*>(smem);
 }
 
 __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* row) {

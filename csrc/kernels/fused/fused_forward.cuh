@@ -1,11 +1,14 @@
 // Fused forward: one persistent CTA per (head, batch tile of 8 or 16 rows) runs all T steps.
 //
-// What a CTA owns: the head's whole R (Gr x D x D) as tensor-core B fragments in registers,
+// What a CTA owns: the head's whole R (Gr x D x D) as tensor-core A fragments in registers,
 // loaded once; biases and the fp32 states (h, c, n, m) of its rows x D elements in registers.
-// Per step: h_{t-1} (dtype) is read from a shared double buffer with ldmatrix, each warp
-// multiplies it by its 8-unit slice of every gate's R (m16n8k16; 3xTF32 for fp32), adds Wx_t
-// (prefetched into a shared ring with cp.async, 2-3 steps ahead) and the bias, runs the cell,
-// writes h_t to the other shared buffer and the states/saved values to global memory.
+// The product runs transposed, units as M and batch rows as N (m16n8k16; 3xTF32 for fp32): one
+// M tile holds gates 2p and 2p + 1 of a warp's 8 units, so an 8-row batch tile wastes nothing
+// and each lane ends up with every gate of its unit for its rows. Per step: h_{t-1} (dtype) is
+// read from a shared double buffer with ldmatrix (the B fragments), each warp multiplies it by
+// its units' rows of every R_k, adds Wx_t (prefetched into a shared ring with cp.async, 2-3
+// steps ahead) and the bias, runs the cell, writes h_t to the other shared buffer and the
+// states/saved values to global memory.
 // Synchronization: one __syncthreads per step (it publishes h_t and the Wx ring slot).
 // Shared memory: tuning.h forward_layout; the ring depth follows the device's limit.
 #pragma once
@@ -18,26 +21,33 @@
 
 namespace flashrnn {
 
-template <class Cell, class T, int kHeadDim>
+// kTilesN: N tiles of 8 batch rows per CTA (1 or 2, fused::rows_per_cta).
+template <class Cell, class T, int kHeadDim, int kTilesN>
 __global__ void __launch_bounds__(fused::warps(kHeadDim) * 32, 1)
-    fused_forward_kernel(const ForwardParams p, const int stages, const int rows) {
+    fused_forward_kernel(const ForwardParams p, const int stages) {
   static_assert(cells::Cell<Cell>, "see cells/elman.cuh for what a cell must define");
   using M = Mma<T>;
   using Math = MathFor<T>;
   constexpr int kGr = Cell::kGatesR, kGw = Cell::kGatesW, kGb = Cell::kGatesB;
   constexpr int kS = Cell::kStates, kSaved = Cell::kSaved;
   constexpr int kChunks = kHeadDim / M::kK;
-  constexpr fused::Layout L = fused::forward_layout(kHeadDim, sizeof(T), kGw);
+  constexpr int kTiles = (kGr + 1) / 2;  // M tiles: gates (2p, 2p + 1) x this warp's 8 units
+  constexpr int kOut = kS + kSaved;  // outputs per unit and row of one step (staged per warp)
+  constexpr fused::Layout L = fused::forward_layout(kHeadDim, sizeof(T), kGw, kOut);
   constexpr int kRows = fused::kBatchTile, kThreads = fused::warps(kHeadDim) * 32;
 
   extern __shared__ __align__(128) unsigned char smem[];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
   const int64_t B = p.batch, steps = p.steps, N = p.heads, D = p.head_dim, ND = N * D;
+  constexpr int rows = 8 * kTilesN, tiles_n = kTilesN;
   const int64_t n = blockIdx.y, b0 = int64_t(blockIdx.x) * rows;
-  const int unit = warp * 8 + 2 * q;  // this lane's units: unit, unit + 1
-  const bool active = warp * 8 < D;   // warp-uniform; warps past D are bucket padding
-  const int my_rows = rows == kRows ? 2 : 1;  // lane rows g (and g + 8 when the CTA has 16)
-  const bool row_ok[2] = {active && b0 + g < B, active && rows == kRows && b0 + g + 8 < B};
+  const int unit = warp * 8 + g;       // this lane's unit, for batch rows 8 nt + 2q + e
+  const bool active = warp * 8 < D;    // warp-uniform; warps past D are bucket padding
+  bool row_ok[2][2];
+#pragma unroll
+  for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+    for (int e = 0; e < 2; ++e) row_ok[nt][e] = active && nt < tiles_n && b0 + 8 * nt + 2 * q + e < B;
   const T* wx = static_cast<const T*>(p.wx);
   const T* r = static_cast<const T*>(p.r);
   const T* bias = static_cast<const T*>(p.bias);
@@ -45,51 +55,73 @@ __global__ void __launch_bounds__(fused::warps(kHeadDim) * 32, 1)
   T* saved = static_cast<T*>(p.saved);
   const int64_t step_stride = B * ND, state_stride = (steps + 1) * step_stride;
 
-  // R_k^T as B fragments: element (j, i) = R[k, n, i, j] for this warp's output units i.
-  uint32_t rf[kGr][kChunks][2];
+  // A fragments: rows m < 8 are R[2p, n, unit, :], rows m >= 8 are R[2p + 1, n, unit, :] (zero
+  // past the last gate, and past D in bucket padding).
+  uint32_t ra[kTiles][kChunks][4];
 #pragma unroll
-  for (int k = 0; k < kGr; ++k)
+  for (int tile = 0; tile < kTiles; ++tile)
 #pragma unroll
     for (int c = 0; c < kChunks; ++c) {
-      rf[k][c][0] = rf[k][c][1] = 0u;
-      if (active && c * M::kK < D) M::load_b(rf[k][c], r + ((k * N + n) * D + warp * 8) * D + c * M::kK, D);
+#pragma unroll
+      for (int i = 0; i < 4; ++i) ra[tile][c][i] = 0u;
+      if (active && c * M::kK < D) {
+        const T* lo = r + ((2 * tile * N + n) * D + unit) * D + c * M::kK;
+        M::load_a_rows(ra[tile][c], lo, 2 * tile + 1 < kGr ? lo + N * D * D : nullptr);
+      }
     }
 
-  float bb[kGb][2];
+  float bb[kGb];
 #pragma unroll
-  for (int k = 0; k < kGb; ++k) {
-    bb[k][0] = bb[k][1] = 0.f;
-    if (active) load_pair(bias + (k * N + n) * D + unit, bb[k][0], bb[k][1]);
-  }
+  for (int k = 0; k < kGb; ++k) bb[k] = active ? load_one(bias + (k * N + n) * D + unit) : 0.f;
 
-  // This lane's outputs: row rr's states at step t are out_states[rr] + t * step_stride + s * state_stride.
-  T* out_states[2];
-  T* out_saved[2];
-  float st[2][2][kS];  // [row][unit][state], fp32 for the whole sequence
+  float st[2][2][kS];  // [N tile][row][state] of batch row b0 + 8 nt + 2q + e, fp32 for the whole sequence
 #pragma unroll
-  for (int rr = 0; rr < 2; ++rr) {
-    const int64_t b = b0 + g + 8 * rr;
-    out_states[rr] = states + b * ND + n * D + unit;
-    out_saved[rr] = saved == nullptr ? nullptr : saved + b * kSaved * ND + n * D + unit;
+  for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
-    for (int s = 0; s < kS; ++s) {
-      st[rr][0][s] = st[rr][1][s] = 0.f;
-      if (row_ok[rr]) load_pair(out_states[rr] + s * state_stride, st[rr][0][s], st[rr][1][s]);
-    }
-  }
+    for (int e = 0; e < 2; ++e)
+#pragma unroll
+      for (int s = 0; s < kS; ++s)
+        st[nt][e][s] = row_ok[nt][e] ? load_one(states + s * state_stride + (b0 + 8 * nt + 2 * q + e) * ND + n * D + unit) : 0.f;
 
   auto h_row = [&](int buf, int row) {
     return reinterpret_cast<T*>(smem + (buf * kRows + row) * L.a_row);
   };
+  // Outputs of step t: h_t is in the h buffer already; the other states and the saved values
+  // go to a shared double buffer (stage(t & 1, o, row)) and leave for global memory during
+  // step t + 1 (after its barrier), as whole rows in 16-byte pieces by all threads: consecutive
+  // threads write consecutive pieces of a row, so a warp's store covers whole 128-byte lines.
+  auto stage = [&](int buf, int o, int row) {  // o = 1 .. kOut - 1: states 1.., then saved values
+    return reinterpret_cast<T*>(smem + L.side_offset + ((buf * (kOut - 1) + o - 1) * kRows + row) * L.a_row);
+  };
+  constexpr int kPerPiece = 16 / int(sizeof(T)), kPiecesPerRow = kHeadDim / kPerPiece;
+  constexpr int kPieces = kOut * rows * kPiecesPerRow, kPiecesPerThread = (kPieces + kThreads - 1) / kThreads;
+  auto write_out = [&](int64_t t) {  // step t's outputs: states index t + 1, saved index t
+    const int buf = t & 1;
 #pragma unroll
-  for (int buf = 0; buf < 2; ++buf)
+    for (int j = 0; j < kPiecesPerThread; ++j) {
+      const int i = threadIdx.x + kThreads * j, c = i % kPiecesPerRow, row = i / kPiecesPerRow % rows;
+      const int o = i / kPiecesPerRow / rows;
+      const int64_t b = b0 + row;
+      if (i >= kPieces || b >= B || c * kPerPiece >= D || (o >= kS && saved == nullptr)) continue;
+      T* dst = o < kS ? states + o * state_stride + (t + 1) * step_stride + b * ND
+                      : saved + (t * B + b) * kSaved * ND + (o - kS) * ND;
+      copy_16(dst + n * D + c * kPerPiece, (o == 0 ? h_row((t + 1) & 1, row) : stage(buf, o, row)) + c * kPerPiece);
+    }
+  };
+
+  // Zero both h buffers (bucket padding columns and missing rows stay zero), then h_0.
+  for (int i = threadIdx.x; i < 2 * kRows * L.a_row / 4; i += blockDim.x) reinterpret_cast<uint32_t*>(smem)[i] = 0u;
+  __syncthreads();
 #pragma unroll
-    for (int rr = 0; rr < 2; ++rr) store_pair(h_row(buf, g + 8 * rr) + unit, st[rr][0][0], st[rr][1][0]);
+  for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+    for (int e = 0; e < 2; ++e)
+      if (row_ok[nt][e]) store_one(h_row(0, 8 * nt + 2 * q + e) + unit, st[nt][e][0]);
 
   // Wx_t tile -> ring slot: rows x Gw gates x D values in 16-byte copies; each thread owns the
   // same few copies every step, so their offsets are computed once.
   constexpr int kCopiesPerGate = kHeadDim * int(sizeof(T)) / 16;
-  constexpr int kCopies = kRows * kGw * kCopiesPerGate;
+  constexpr int kCopies = 8 * kTilesN * kGw * kCopiesPerGate;
   constexpr int kCopiesPerThread = (kCopies + kThreads - 1) / kThreads;
   int64_t copy_src[kCopiesPerThread];
   int copy_dst[kCopiesPerThread];
@@ -99,7 +131,7 @@ __global__ void __launch_bounds__(fused::warps(kHeadDim) * 32, 1)
     const int i = threadIdx.x + j * kThreads;
     const int row = i / (kGw * kCopiesPerGate), k = i / kCopiesPerGate % kGw, c = i % kCopiesPerGate;
     const int64_t b = b0 + row, col = int64_t(c) * 16 / sizeof(T);
-    copy_live[j] = i < kCopies && row < rows;
+    copy_live[j] = i < kCopies;
     copy_ok[j] = copy_live[j] && b < B && col < D;
     copy_src[j] = copy_ok[j] ? b * p.wx_stride_b + k * ND + n * D + col : 0;
     copy_dst[j] = row * L.ring_row + (k * kHeadDim + int(col)) * int(sizeof(T));
@@ -119,6 +151,8 @@ __global__ void __launch_bounds__(fused::warps(kHeadDim) * 32, 1)
   }
 
   const float clip = p.forward_clip_value;
+  // ldmatrix x4 of 8 rows x 64 bytes: the B fragments of chunks 2j and 2j + 1.
+  const uint32_t b_lane = (lane & 7) * L.a_row + (lane >> 3) * 16;
   int slot = 0;  // ring slot of step t
   for (int64_t t = 0; t < steps; ++t) {
     cp_async_wait_at_most(stages - 2);
@@ -127,92 +161,109 @@ __global__ void __launch_bounds__(fused::warps(kHeadDim) * 32, 1)
     cp_async_commit();
     const unsigned char* slot_ptr = ring + slot * slot_bytes;
     slot = slot + 1 == stages ? 0 : slot + 1;
+    if (t > 0) write_out(t - 1);
     if (!active) continue;
 
     // Pre-activations start as Wx_t + b (independent of h, so these shared loads overlap the
     // barrier and the product), then the product adds R h_{t-1} on top. Gates without R
     // (GRU's n) keep their sum in wb.
-    float wb[kGb][4];
+    float wb[kGb][2][2];
 #pragma unroll
-    for (int k = 0; k < kGb; ++k)
+    for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) wb[k][e] = bb[k][e % 2];
+      for (int e = 0; e < 2; ++e) {
+        const T* wx_row = reinterpret_cast<const T*>(slot_ptr + (8 * nt + 2 * q + e) * L.ring_row) + unit;
 #pragma unroll
-    for (int rr = 0; rr < 2; ++rr) {
-      if (rr >= my_rows) break;
-      const T* wx_row = reinterpret_cast<const T*>(slot_ptr + (g + 8 * rr) * L.ring_row) + unit;
-#pragma unroll
-      for (int k = 0; k < kGw; ++k) {
-        float w0, w1;
-        load_pair(wx_row + k * kHeadDim, w0, w1);
-        wb[kGb - kGw + k][2 * rr] += w0;
-        wb[kGb - kGw + k][2 * rr + 1] += w1;
+        for (int k = 0; k < kGb; ++k) {
+          wb[k][nt][e] = bb[k];
+          if (k >= kGb - kGw && nt < tiles_n) wb[k][nt][e] += load_one(wx_row + (k - (kGb - kGw)) * kHeadDim);
+        }
       }
-    }
-    float acc[kGr][4];
+    float acc[kTiles][2][4];
 #pragma unroll
-    for (int k = 0; k < kGr; ++k)
+    for (int tile = 0; tile < kTiles; ++tile)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) acc[k][e] = wb[k][e];
+      for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[tile][nt][e] = 2 * tile + e / 2 < kGr ? wb[2 * tile + e / 2][nt][e % 2] : 0.f;
     // Chunks past D (bucket padding) multiply zero R fragments by zero h columns: cheaper than a
     // branch per chunk, which also kept the compiler from hoisting the address (SASS).
-    const uint32_t a_src = smem_addr(h_row(t & 1, lane & 15)) + (lane >> 4) * 16;
+    const uint32_t b_src = smem_addr(h_row(t & 1, 0)) + b_lane;
 #pragma unroll
-    for (int c = 0; c < kChunks; ++c) {
-      uint32_t a[4];
-      ldmatrix_x4(a, a_src + c * 32);
+    for (int nt = 0; nt < 2; ++nt) {
+      if (nt >= tiles_n) break;
 #pragma unroll
-      for (int k = 0; k < kGr; ++k) M::mma(acc[k], a, rf[k][c], p.allow_tf32);
+      for (int j = 0; j < kChunks / 2; ++j) {
+        uint32_t bf[4];
+        ldmatrix_x4(bf, b_src + nt * 8 * L.a_row + j * 64);
+        const uint32_t b_even[2] = {bf[0], bf[1]}, b_odd[2] = {bf[2], bf[3]};
+#pragma unroll
+        for (int tile = 0; tile < kTiles; ++tile) {
+          M::mma(acc[tile][nt], ra[tile][2 * j], b_even, p.allow_tf32);
+          M::mma(acc[tile][nt], ra[tile][2 * j + 1], b_odd, p.allow_tf32);
+        }
+      }
+      if constexpr (kChunks % 2 == 1) {
+        uint32_t bf[2];
+        ldmatrix_x2(bf, b_src + nt * 8 * L.a_row + (kChunks - 1) * 32);
+#pragma unroll
+        for (int tile = 0; tile < kTiles; ++tile) M::mma(acc[tile][nt], ra[tile][kChunks - 1], bf, p.allow_tf32);
+      }
     }
 
     float sv[2][2][kSaved];
 #pragma unroll
-    for (int rr = 0; rr < 2; ++rr) {
-      if (rr >= my_rows) break;
+    for (int nt = 0; nt < 2; ++nt) {
+      if (nt >= tiles_n) break;
 #pragma unroll
-      for (int u = 0; u < 2; ++u) {
+      for (int e = 0; e < 2; ++e) {
         // The cell adds rh + wx + b; each gate's whole sum is already in one of them, the
         // others get -0 (x + -0 == x exactly, so the compiler drops those adds).
         float rh[kGr], wu[kGw], bu[kGb];
 #pragma unroll
         for (int k = 0; k < kGb; ++k) {
-          const float sum = k < kGr ? acc[k][2 * rr + u] : wb[k][2 * rr + u];
+          const float sum = k < kGr ? acc[k / 2][nt][2 * (k % 2) + e] : wb[k][nt][e];
           if (k < kGr) rh[k] = sum;
           if (k >= kGb - kGw) wu[k - (kGb - kGw)] = k < kGr ? -0.f : sum;
           bu[k] = k < kGr || k >= kGb - kGw ? -0.f : sum;
         }
-        Cell::template forward<Math>(rh, wu, bu, st[rr][u], sv[rr][u]);
-        if (p.forward_clip) st[rr][u][0] = fminf(fmaxf(st[rr][u][0], -clip), clip);
+        Cell::template forward<Math>(rh, wu, bu, st[nt][e], sv[nt][e]);
+        if (p.forward_clip) st[nt][e][0] = fminf(fmaxf(st[nt][e][0], -clip), clip);
       }
     }
 #pragma unroll
-    for (int rr = 0; rr < 2; ++rr) {
-      if (rr >= my_rows) break;
-      store_pair(h_row((t + 1) & 1, g + 8 * rr) + unit, st[rr][0][0], st[rr][1][0]);
-      if (!row_ok[rr]) continue;
-      out_states[rr] += step_stride;
+    for (int nt = 0; nt < 2; ++nt) {
+      if (nt >= tiles_n) break;
 #pragma unroll
-      for (int s = 0; s < kS; ++s) store_pair(out_states[rr] + s * state_stride, st[rr][0][s], st[rr][1][s]);
-      if (saved != nullptr) {
+      for (int e = 0; e < 2; ++e) {
+        const int row = 8 * nt + 2 * q + e;
+        store_one(h_row((t + 1) & 1, row) + unit, st[nt][e][0]);
 #pragma unroll
-        for (int k = 0; k < kSaved; ++k) store_pair(out_saved[rr] + k * ND, sv[rr][0][k], sv[rr][1][k]);
-        out_saved[rr] += step_stride * kSaved;
+        for (int s = 1; s < kS; ++s) store_one(stage(t & 1, s, row) + unit, st[nt][e][s]);
+        if (saved != nullptr) {
+#pragma unroll
+          for (int k = 0; k < kSaved; ++k) store_one(stage(t & 1, kS + k, row) + unit, sv[nt][e][k]);
+        }
       }
     }
   }
   cp_async_wait<0>();
+  if (steps > 0) {
+    __syncthreads();
+    write_out(steps - 1);
+  }
 }
 
 template <class Cell, class T, int kHeadDim>
 void launch_fused_forward(const ForwardParams& p, const DeviceLimits& device, cudaStream_t stream) {
-  constexpr fused::Layout L = fused::forward_layout(kHeadDim, sizeof(T), Cell::kGatesW);
+  constexpr fused::Layout L = fused::forward_layout(kHeadDim, sizeof(T), Cell::kGatesW, Cell::kStates + Cell::kSaved);
   const int stages = L.stages(device.smem_per_block);
   FLASHRNN_CHECK(stages >= 2, "fused forward does not fit " << device.smem_per_block << " bytes of shared memory");
   const int rows = fused::rows_per_cta(p.batch, p.heads, device.sm_count);
-  auto kernel = fused_forward_kernel<Cell, T, kHeadDim>;
+  auto kernel = rows == 8 ? fused_forward_kernel<Cell, T, kHeadDim, 1> : fused_forward_kernel<Cell, T, kHeadDim, 2>;
   FLASHRNN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, L.bytes(stages)));
   const dim3 grid(unsigned((p.batch + rows - 1) / rows), unsigned(p.heads));
-  kernel<<<grid, fused::warps(kHeadDim) * 32, L.bytes(stages), stream>>>(p, stages, rows);
+  kernel<<<grid, fused::warps(kHeadDim) * 32, L.bytes(stages), stream>>>(p, stages);
   FLASHRNN_CHECK_LAUNCH("fused_forward_kernel");
 }
 

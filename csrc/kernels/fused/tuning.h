@@ -4,10 +4,10 @@
 
 namespace flashrnn::fused {
 
-constexpr int kBatchTile = 16;  // batch rows of a CTA's products: the M of one m16n8k16
+constexpr int kBatchTile = 16;  // most batch rows of a CTA: two N tiles (8 rows) of m16n8k16
 
-// Batch rows a CTA owns: 8 (half the product rows idle, but half the pointwise work per warp,
-// which bounds the step) while the CTAs still fit the GPU in one wave, else 16.
+// Batch rows a CTA owns: 8 (one N tile: half the MMAs and half the pointwise work per warp,
+// which bound the step) while the CTAs still fit the GPU in one wave, else 16.
 constexpr int rows_per_cta(long long batch, long long heads, int sm_count) {
   return (batch + 7) / 8 * heads <= sm_count ? 8 : 16;
 }
@@ -15,7 +15,8 @@ constexpr int kMaxStages = 4;   // prefetch ring depth when shared memory allows
 constexpr int kSmemReserve = 2 * 1024;  // left free of the device's per-block opt-in limit
 
 // One warp per 8 hidden units: a warp owns units [8w, 8w + 8) of its head for every gate, so the
-// pointwise step needs no exchange, and each lane holds 2 units x 2 batch rows.
+// pointwise step needs no exchange; lane 4g + q holds unit 8w + g of batch rows 2q, 2q + 1 (and
+// 8 + 2q, 9 + 2q with 16 rows): the C fragment of a product with units as M and batch as N.
 constexpr int warps(int head_dim) { return head_dim / 8; }
 
 constexpr int round_up_c(int x, int m) { return (x + m - 1) / m * m; }
@@ -28,11 +29,13 @@ constexpr int row_bytes(int elems, int esize) { return round_up_c(elems * esize,
 struct Layout {
   int a_row;        // bytes per batch row of the exchanged operand (h forward, dg backward)
   int ring_row;     // bytes per batch row of one prefetched step
-  int ring_offset;  // where the ring starts (after the double buffer)
+  int side_offset;  // after the double buffer: forward, the output staging; backward, the warp
+                    // pairs' partial products
+  int ring_offset;  // where the ring starts
 
   constexpr int stage_bytes() const { return kBatchTile * ring_row; }
   // Ring depth that fits `smem_limit` bytes (the device's per-block opt-in limit); below 2 the
-  // kernel does not fit this device and the launcher falls back to the alternating family.
+  // kernel does not fit this device and the launcher falls back to another family.
   constexpr int stages(int smem_limit) const {
     const int s = (smem_limit - kSmemReserve - ring_offset) / stage_bytes();
     return s > kMaxStages ? kMaxStages : s;
@@ -40,29 +43,39 @@ struct Layout {
   constexpr int bytes(int stages) const { return ring_offset + stages * stage_bytes(); }
 };
 
-// Forward: h double buffer [2][16][head_dim], ring of Wx_t tiles [stages][16][Gw * head_dim].
-constexpr Layout forward_layout(int head_dim, int esize, int gates_w) {
+// Forward: h double buffer [2][16][head_dim]; a double buffer of the step's other outputs
+// (states after h, then the saved values) [2][outputs - 1][16][head_dim], from which they leave
+// for global memory during the next step as whole rows (h leaves from the h buffer); ring of
+// Wx_t tiles [stages][16][Gw * head_dim].
+constexpr Layout forward_layout(int head_dim, int esize, int gates_w, int outputs) {
   Layout l{};
   l.a_row = row_bytes(head_dim, esize);
   l.ring_row = row_bytes(gates_w * head_dim, esize);
-  l.ring_offset = 2 * kBatchTile * l.a_row;
+  l.side_offset = 2 * kBatchTile * l.a_row;
+  l.ring_offset = l.side_offset + 2 * (outputs - 1) * kBatchTile * l.a_row;
   return l;
 }
 
-// Backward: dg double buffer [2][16][Gr * head_dim], ring of per-step tiles
-// [stages][16][(K + 2S) * head_dim]: saved values of step t, states t-1, dL/dstates t.
-constexpr Layout backward_layout(int head_dim, int esize, int gates_r, int saved, int states) {
+constexpr int kPairBytes = 2 * 32 * 8;  // a warp's partial products: 2 N tiles x 32 lanes x 2 floats
+
+// Backward: dg double buffer [2][16][Gb * head_dim] (the product reads the first Gr gates; the
+// rows leave for global memory from here during the next step); per warp, its partial
+// products; ring of per-step tiles [stages][16][(K + 2S) * head_dim]:
+// saved values of step t, states t-1, dL/dstates t.
+constexpr Layout backward_layout(int head_dim, int esize, int gates_b, int saved, int states) {
   Layout l{};
-  l.a_row = row_bytes(gates_r * head_dim, esize);
+  l.a_row = row_bytes(gates_b * head_dim, esize);
   l.ring_row = row_bytes((saved + 2 * states) * head_dim, esize);
-  l.ring_offset = 2 * kBatchTile * l.a_row;
+  l.side_offset = 2 * kBatchTile * l.a_row;
+  l.ring_offset = l.side_offset + warps(head_dim) * kPairBytes;
   return l;
 }
 
 // Head-dim buckets compiled for the fused family. A head dim that is a multiple of 16 runs in
 // the smallest bucket that holds it (the tail of the bucket is masked). R of one head lives in
 // registers: Gr * D^2 values over D/8 warps, i.e. Gr * D / 8 values per lane (128 bf16 for
-// LSTM at D = 128; 128 fp32 at D = 64), which sets the largest bucket per dtype.
+// LSTM at D = 128; 128 fp32 at D = 64), which sets the largest bucket per dtype. (GRU's and
+// Elman's forward pad R to an even number of gates: 4 and 2.)
 constexpr int kBucketsHalf[] = {16, 32, 64, 128};
 constexpr int kBucketsFloat[] = {16, 32, 64};
 

@@ -239,7 +239,8 @@ void launch_multi_backward(const BackwardParams& p, const DeviceLimits& device, 
   const char* why = multi::make_plan(plan, true, Cell::kGatesR, sizeof(T), p.batch, p.heads, p.head_dim,
                                      device.smem_per_block, device.smem_per_sm, device.sm_count);
   FLASHRNN_CHECK(why == nullptr, "multi-CTA backward: " << why);
-  const int64_t partials = weight_grad::bias_parts(p.steps * p.batch) * Cell::kGatesB * p.heads * p.head_dim;
+  const int64_t partials =
+      weight_grad::scratch_floats(p.steps * p.batch, Cell::kGatesR, Cell::kGatesB, p.heads, p.head_dim);
   unsigned* flags = reinterpret_cast<unsigned*>(p.workspace + partials);
   FLASHRNN_CUDA_CHECK(cudaMemsetAsync(
       flags, 0, sizeof(unsigned) * multi::flag_words(p.batch, p.heads, p.head_dim, sizeof(T)), stream));

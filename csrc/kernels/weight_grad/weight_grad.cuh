@@ -5,7 +5,9 @@
 //   db[k, n, i]    = sum_r dg[r, k, n, i]                  h = states[0, 0..T-1] (the h_{t-1})
 //
 // dR is a per-head GEMM (M = Gr * D, N = D, K = T * B) on tensor cores: 64 x 64 tiles, 4 warps
-// of 32 x 32, K in chunks of 32 rows double-buffered with cp.async; fp32 runs as 3xTF32.
+// of 32 x 32, K in chunks of 32 rows double-buffered with cp.async; fp32 runs as 3xTF32. Small
+// heads have few tiles, so K is split (sizes.h r_splits) into fixed row ranges whose fp32
+// partial sums a second kernel adds in split order.
 // Each chunk's products are summed on the tensor cores, then added to the running sum in
 // fp32 FADDs: tensor-core accumulation truncates, and over K = 262144 rows that alone cost
 // 2e-3 relative error in fp32 (measured, H100); two levels bring it to ~1e-6.
@@ -22,13 +24,16 @@
 namespace flashrnn {
 
 namespace weight_grad {
-constexpr int kTile = 64, kChunk = 32, kThreads = 128;
+constexpr int kChunk = 32, kThreads = 128;
 }  // namespace weight_grad
 
+// Rows [split * rows_per_split, ...) of K; with one split dR goes to `dr` (dtype), else the fp32
+// partial sums to r_part[split][Gr][N][D][D].
 template <class T>
 __global__ void __launch_bounds__(weight_grad::kThreads)
     weight_grad_r_kernel(const T* __restrict__ dg, const T* __restrict__ h, T* __restrict__ dr,
-                         int64_t rows, int64_t N, int64_t D, int gates_r, int gates_b, bool tf32) {
+                         float* __restrict__ r_part, int64_t all_rows, int64_t rows_per_split, int64_t N,
+                         int64_t D, int gates_r, int gates_b, bool tf32) {
   using namespace weight_grad;
   constexpr int kPad = 8;  // row = 64 + 8 elements: ldmatrix / scalar reads without bank conflicts
   constexpr int kRow = kTile + kPad;
@@ -37,8 +42,14 @@ __global__ void __launch_bounds__(weight_grad::kThreads)
   __shared__ __align__(16) T b_s[2][kChunk][kRow];  // b_s[k][j] = h[r0 + k, j]
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
-  const int64_t n = blockIdx.z, m0 = int64_t(blockIdx.x) * kTile, j0 = int64_t(blockIdx.y) * kTile;
+  const int64_t n = blockIdx.z % N, split = blockIdx.z / N;
+  const int64_t m0 = int64_t(blockIdx.x) * kTile, j0 = int64_t(blockIdx.y) * kTile;
   const int64_t M = int64_t(gates_r) * D, ND = N * D;
+  // This split's rows, shifted to start at 0.
+  const int64_t first = split * rows_per_split;
+  const int64_t rows = first + rows_per_split < all_rows ? rows_per_split : all_rows - first;
+  dg += first * gates_b * ND;
+  h += first * ND;
   const int wm = warp / 2 * 32, wn = warp % 2 * 32;  // this warp's 32 x 32 corner
 
   auto load_chunk = [&](int buf, int64_t r0) {
@@ -122,13 +133,30 @@ __global__ void __launch_bounds__(weight_grad::kThreads)
     for (int half = 0; half < 2; ++half) {
       const int64_t m = m0 + wm + mt * 16 + g + 8 * half;
       if (m >= M) continue;
-      T* out = dr + ((m / D) * N + n) * D * D + (m % D) * D;
+      const int64_t at = ((m / D) * N + n) * D * D + (m % D) * D;
 #pragma unroll
       for (int nt = 0; nt < 4; ++nt) {
         const int64_t j = j0 + wn + nt * 8 + 2 * q;
-        if (j < D) store_pair(out + j, acc[mt][nt][2 * half], acc[mt][nt][2 * half + 1]);
+        if (j >= D) continue;
+        if (r_part == nullptr) {
+          store_pair(dr + at + j, acc[mt][nt][2 * half], acc[mt][nt][2 * half + 1]);
+        } else {
+          *reinterpret_cast<float2*>(r_part + split * M * ND + at + j) =
+              make_float2(acc[mt][nt][2 * half], acc[mt][nt][2 * half + 1]);
+        }
       }
     }
+}
+
+// dR = the splits' partial sums added in split order.
+template <class T>
+__global__ void weight_grad_r_sum_kernel(const float* __restrict__ r_part, T* __restrict__ dr, int64_t elems,
+                                         int64_t splits) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= elems) return;
+  float s = 0.f;
+  for (int64_t k = 0; k < splits; ++k) s += r_part[k * elems + i];
+  dr[i] = from_float<T>(s);
 }
 
 template <class T>
@@ -158,17 +186,25 @@ __global__ void bias_grad_final_kernel(const float* __restrict__ partial, T* __r
 }
 
 // dR and db from dg (p.dg) and the states (p.states); `partials` holds
-// bias_parts(T * B) * Gb * N * D floats.
+// weight_grad::scratch_floats(T * B, Gr, Gb, N, D) floats (sizes.h).
 template <class T>
 void launch_weight_grad(const BackwardParams& p, int gates_r, int gates_b, float* partials, cudaStream_t stream) {
   using namespace weight_grad;
   const int64_t rows = p.steps * p.batch, D = p.head_dim, N = p.heads;
   const T* dg = static_cast<const T*>(p.dg);
-  const dim3 grid(unsigned((gates_r * D + kTile - 1) / kTile), unsigned((D + kTile - 1) / kTile), unsigned(N));
-  weight_grad_r_kernel<T><<<grid, kThreads, 0, stream>>>(dg, static_cast<const T*>(p.states),
-                                                          static_cast<T*>(p.dr), rows, N, D, gates_r,
-                                                          gates_b, p.allow_tf32);
+  const int64_t splits = r_splits(rows, gates_r, N, D), per_split = (rows + splits - 1) / splits;
+  float* r_part = splits > 1 ? partials + bias_scratch_floats(rows, gates_b, N, D) : nullptr;
+  const dim3 grid(unsigned((gates_r * D + kTile - 1) / kTile), unsigned((D + kTile - 1) / kTile), unsigned(N * splits));
+  weight_grad_r_kernel<T><<<grid, kThreads, 0, stream>>>(dg, static_cast<const T*>(p.states), static_cast<T*>(p.dr),
+                                                          r_part, rows, per_split, N, D, gates_r, gates_b,
+                                                          p.allow_tf32);
   FLASHRNN_CHECK_LAUNCH("weight_grad_r_kernel");
+  if (splits > 1) {
+    const int64_t elems = gates_r * N * D * D;
+    weight_grad_r_sum_kernel<T><<<unsigned((elems + 255) / 256), 256, 0, stream>>>(r_part, static_cast<T*>(p.dr),
+                                                                                  elems, splits);
+    FLASHRNN_CHECK_LAUNCH("weight_grad_r_sum_kernel");
+  }
 
   const int64_t cols = gates_b * N * D, parts = bias_parts(rows);
   const int64_t per_part = (rows + parts - 1) / parts;

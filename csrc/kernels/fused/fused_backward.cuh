@@ -97,16 +97,23 @@ __global__ void __launch_bounds__(fused::warps(kHeadDim) * 32, 1)
   // threads: consecutive threads write consecutive pieces, so a warp covers whole 128-byte lines.
   constexpr int kPerPiece = 16 / int(sizeof(T)), kPiecesPerRow = kHeadDim / kPerPiece;
   constexpr int kPieces = kGb * rows * kPiecesPerRow, kPiecesPerThread = (kPieces + kThreads - 1) / kThreads;
-  auto write_dg = [&](int64_t t) {  // dg_t, from buffer t & 1
+  bool out_live[kPiecesPerThread];
+  int out_src[kPiecesPerThread];      // bytes into buffer 0
+  int64_t out_dst[kPiecesPerThread];  // elements from step t's rows of dg
 #pragma unroll
-    for (int j = 0; j < kPiecesPerThread; ++j) {
-      const int i = threadIdx.x + kThreads * j, c = i % kPiecesPerRow, k = i / kPiecesPerRow % kGb;
-      const int row = i / kPiecesPerRow / kGb;
-      const int64_t b = b0 + row;
-      if (i >= kPieces || b >= B || c * kPerPiece >= D) continue;
-      copy_16(dg_out + ((t - 1) * B + b) * kGb * ND + k * ND + n * D + c * kPerPiece,
-              dg_row(t & 1, row) + k * kHeadDim + c * kPerPiece);
-    }
+  for (int j = 0; j < kPiecesPerThread; ++j) {
+    const int i = threadIdx.x + kThreads * j, c = i % kPiecesPerRow, k = i / kPiecesPerRow % kGb;
+    const int row = i / kPiecesPerRow / kGb;
+    out_live[j] = i < kPieces && b0 + row < B && c * kPerPiece < D;
+    out_src[j] = row * L.a_row + (k * kHeadDim + c * kPerPiece) * int(sizeof(T));
+    out_dst[j] = (row * kGb + k) * ND + c * kPerPiece;
+  }
+  auto write_dg = [&](int64_t t) {  // dg_t, from buffer t & 1
+    T* dst_t = dg_out + ((t - 1) * B + b0) * kGb * ND + n * D;
+    const unsigned char* src = smem + (t & 1) * kRows * L.a_row;
+#pragma unroll
+    for (int j = 0; j < kPiecesPerThread; ++j)
+      if (out_live[j]) copy_16(dst_t + out_dst[j], src + out_src[j]);
   };
 
   // Step t's tile -> a ring slot: per batch row, saved[t-1] (K rows), states[:, t-1] (S rows),

@@ -95,18 +95,32 @@ __global__ void __launch_bounds__(fused::warps(kHeadDim) * 32, 1)
   };
   constexpr int kPerPiece = 16 / int(sizeof(T)), kPiecesPerRow = kHeadDim / kPerPiece;
   constexpr int kPieces = kOut * rows * kPiecesPerRow, kPiecesPerThread = (kPieces + kThreads - 1) / kThreads;
-  auto write_out = [&](int64_t t) {  // step t's outputs: states index t + 1, saved index t
-    const int buf = t & 1;
+  // Each thread owns the same pieces every step: where they come from (bytes into buffer 0 of
+  // the h buffer or the staging) and go to (elements from states_t or saved_t) is fixed.
+  bool out_live[kPiecesPerThread], out_state[kPiecesPerThread], out_h[kPiecesPerThread];
+  int out_src[kPiecesPerThread];
+  int64_t out_dst[kPiecesPerThread];
+#pragma unroll
+  for (int j = 0; j < kPiecesPerThread; ++j) {
+    const int i = threadIdx.x + kThreads * j, c = i % kPiecesPerRow, row = i / kPiecesPerRow % rows;
+    const int o = i / kPiecesPerRow / rows;
+    out_live[j] = i < kPieces && b0 + row < B && c * kPerPiece < D && (o < kS || saved != nullptr);
+    out_state[j] = o < kS;
+    out_h[j] = o == 0;
+    out_src[j] = int((o == 0 ? h_row(0, row) : stage(0, o, row)) + c * kPerPiece - reinterpret_cast<T*>(smem)) * int(sizeof(T));
+    out_dst[j] = (o < kS ? o * state_stride + row * ND : (row * kSaved + o - kS) * ND) + c * kPerPiece;
+  }
+  T* states_t = states + step_stride + b0 * ND + n * D;  // step t's outputs: states index t + 1 ...
+  T* saved_t = saved == nullptr ? nullptr : saved + b0 * kSaved * ND + n * D;  // ... and saved index t
+  auto write_out = [&](int64_t t) {  // step t's outputs, then moves on to step t + 1's
+    const int h_shift = int((t + 1) & 1) * kRows * L.a_row, stage_shift = int(t & 1) * (kOut - 1) * kRows * L.a_row;
 #pragma unroll
     for (int j = 0; j < kPiecesPerThread; ++j) {
-      const int i = threadIdx.x + kThreads * j, c = i % kPiecesPerRow, row = i / kPiecesPerRow % rows;
-      const int o = i / kPiecesPerRow / rows;
-      const int64_t b = b0 + row;
-      if (i >= kPieces || b >= B || c * kPerPiece >= D || (o >= kS && saved == nullptr)) continue;
-      T* dst = o < kS ? states + o * state_stride + (t + 1) * step_stride + b * ND
-                      : saved + (t * B + b) * kSaved * ND + (o - kS) * ND;
-      copy_16(dst + n * D + c * kPerPiece, (o == 0 ? h_row((t + 1) & 1, row) : stage(buf, o, row)) + c * kPerPiece);
+      if (!out_live[j]) continue;
+      copy_16((out_state[j] ? states_t : saved_t) + out_dst[j], smem + out_src[j] + (out_h[j] ? h_shift : stage_shift));
     }
+    states_t += step_stride;
+    if (saved != nullptr) saved_t += kSaved * step_stride;
   };
 
   // Zero both h buffers (bucket padding columns and missing rows stay zero), then h_0.
@@ -179,13 +193,17 @@ __global__ void __launch_bounds__(fused::warps(kHeadDim) * 32, 1)
           if (k >= kGb - kGw && nt < tiles_n) wb[k][nt][e] += load_one(wx_row + (k - (kGb - kGw)) * kHeadDim);
         }
       }
-    float acc[kTiles][2][4];
+    // Two accumulators per tile (even and odd chunks) halve the dependent MMA chain.
+    float acc[kTiles][2][4], acc_odd[kTiles][2][4];
 #pragma unroll
     for (int tile = 0; tile < kTiles; ++tile)
 #pragma unroll
       for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) acc[tile][nt][e] = 2 * tile + e / 2 < kGr ? wb[2 * tile + e / 2][nt][e % 2] : 0.f;
+        for (int e = 0; e < 4; ++e) {
+          acc[tile][nt][e] = 2 * tile + e / 2 < kGr ? wb[2 * tile + e / 2][nt][e % 2] : 0.f;
+          acc_odd[tile][nt][e] = 0.f;
+        }
     // Chunks past D (bucket padding) multiply zero R fragments by zero h columns: cheaper than a
     // branch per chunk, which also kept the compiler from hoisting the address (SASS).
     const uint32_t b_src = smem_addr(h_row(t & 1, 0)) + b_lane;
@@ -200,7 +218,7 @@ __global__ void __launch_bounds__(fused::warps(kHeadDim) * 32, 1)
 #pragma unroll
         for (int tile = 0; tile < kTiles; ++tile) {
           M::mma(acc[tile][nt], ra[tile][2 * j], b_even, p.allow_tf32);
-          M::mma(acc[tile][nt], ra[tile][2 * j + 1], b_odd, p.allow_tf32);
+          M::mma(acc_odd[tile][nt], ra[tile][2 * j + 1], b_odd, p.allow_tf32);
         }
       }
       if constexpr (kChunks % 2 == 1) {
@@ -209,6 +227,10 @@ __global__ void __launch_bounds__(fused::warps(kHeadDim) * 32, 1)
 #pragma unroll
         for (int tile = 0; tile < kTiles; ++tile) M::mma(acc[tile][nt], ra[tile][kChunks - 1], bf, p.allow_tf32);
       }
+#pragma unroll
+      for (int tile = 0; tile < kTiles; ++tile)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[tile][nt][e] += acc_odd[tile][nt][e];
     }
 
     float sv[2][2][kSaved];

@@ -22,9 +22,11 @@ __device__ __forceinline__ float tanh_approx(float x) {
   return r;
 }
 
-// log(sigmoid(x)) without overflow: min(x, 0) - log1p(exp(-|x|)).
+// log(sigmoid(x)) without overflow: min(x, 0) - log1p(exp(-|x|)), with log1p(e) as the fast
+// log(1 + e): 1 + e rounds away e below 2^-24, an absolute error under 6e-8 (and __logf's own
+// is ~4e-7 on [1, 2]); log1pf cost ~30 instructions on the fused step's critical path.
 __device__ __forceinline__ float log_sigmoid(float x) {
-  return fminf(x, 0.f) - log1pf(__expf(-fabsf(x)));
+  return fminf(x, 0.f) - __logf(1.f + __expf(-fabsf(x)));
 }
 
 struct PreciseMath {

@@ -96,10 +96,10 @@ __global__ void __launch_bounds__(fused::warps(kHeadDim) * 32, 1)
   constexpr int kPerPiece = 16 / int(sizeof(T)), kPiecesPerRow = kHeadDim / kPerPiece;
   constexpr int kPieces = kOut * rows * kPiecesPerRow, kPiecesPerThread = (kPieces + kThreads - 1) / kThreads;
   // Each thread owns the same pieces every step: where they come from (bytes into buffer 0 of
-  // the h buffer or the staging) and go to (elements from states_t or saved_t) is fixed.
-  bool out_live[kPiecesPerThread], out_state[kPiecesPerThread], out_h[kPiecesPerThread];
+  // the h buffer or the staging) is fixed, where they go moves by one step per write.
+  bool out_live[kPiecesPerThread], out_h[kPiecesPerThread], out_state[kPiecesPerThread];
   int out_src[kPiecesPerThread];
-  int64_t out_dst[kPiecesPerThread];
+  T* out_dst[kPiecesPerThread];  // where the piece of the next step goes; moves one step per write
 #pragma unroll
   for (int j = 0; j < kPiecesPerThread; ++j) {
     const int i = threadIdx.x + kThreads * j, c = i % kPiecesPerRow, row = i / kPiecesPerRow % rows;
@@ -108,19 +108,20 @@ __global__ void __launch_bounds__(fused::warps(kHeadDim) * 32, 1)
     out_state[j] = o < kS;
     out_h[j] = o == 0;
     out_src[j] = int((o == 0 ? h_row(0, row) : stage(0, o, row)) + c * kPerPiece - reinterpret_cast<T*>(smem)) * int(sizeof(T));
-    out_dst[j] = (o < kS ? o * state_stride + row * ND : (row * kSaved + o - kS) * ND) + c * kPerPiece;
+    // step 0's outputs: states index 1, saved index 0
+    out_dst[j] = !out_live[j] ? nullptr
+                 : o < kS     ? states + o * state_stride + step_stride + (b0 + row) * ND + n * D + c * kPerPiece
+                              : saved + ((b0 + row) * kSaved + o - kS) * ND + n * D + c * kPerPiece;
   }
-  T* states_t = states + step_stride + b0 * ND + n * D;  // step t's outputs: states index t + 1 ...
-  T* saved_t = saved == nullptr ? nullptr : saved + b0 * kSaved * ND + n * D;  // ... and saved index t
+  const int64_t saved_stride = kSaved * step_stride;
   auto write_out = [&](int64_t t) {  // step t's outputs, then moves on to step t + 1's
     const int h_shift = int((t + 1) & 1) * kRows * L.a_row, stage_shift = int(t & 1) * (kOut - 1) * kRows * L.a_row;
 #pragma unroll
     for (int j = 0; j < kPiecesPerThread; ++j) {
       if (!out_live[j]) continue;
-      copy_16((out_state[j] ? states_t : saved_t) + out_dst[j], smem + out_src[j] + (out_h[j] ? h_shift : stage_shift));
+      copy_16(out_dst[j], smem + out_src[j] + (out_h[j] ? h_shift : stage_shift));
+      out_dst[j] += out_state[j] ? step_stride : saved_stride;
     }
-    states_t += step_stride;
-    if (saved != nullptr) saved_t += kSaved * step_stride;
   };
 
   // Zero both h buffers (bucket padding columns and missing rows stay zero), then h_0.
@@ -152,15 +153,19 @@ __global__ void __launch_bounds__(fused::warps(kHeadDim) * 32, 1)
   }
   unsigned char* ring = smem + L.ring_offset;
   const int slot_bytes = kRows * L.ring_row;
-  auto prefetch = [&](int64_t t, int slot) {
-    if (t >= steps) return;
-    const T* wx_t = wx + t * p.wx_stride_t;
+  // Prefetches the next step in order (0, 1, ...) into ring slot `slot`.
+  const T* wx_next = wx;  // Wx of the next step to prefetch
+  int64_t next = 0;
+  auto prefetch = [&](int slot) {
+    if (next >= steps) return;
 #pragma unroll
     for (int j = 0; j < kCopiesPerThread; ++j)
-      if (copy_live[j]) cp_async_16(ring + slot * slot_bytes + copy_dst[j], copy_ok[j] ? wx_t + copy_src[j] : wx, copy_ok[j]);
+      if (copy_live[j]) cp_async_16(ring + slot * slot_bytes + copy_dst[j], copy_ok[j] ? wx_next + copy_src[j] : wx, copy_ok[j]);
+    wx_next += p.wx_stride_t;
+    ++next;
   };
   for (int s = 0; s < stages - 1; ++s) {
-    prefetch(s, s);
+    prefetch(s);
     cp_async_commit();
   }
 
@@ -171,7 +176,7 @@ __global__ void __launch_bounds__(fused::warps(kHeadDim) * 32, 1)
   for (int64_t t = 0; t < steps; ++t) {
     cp_async_wait_at_most(stages - 2);
     __syncthreads();  // h_t-1 and the Wx_t slot are visible; slot (t-1) may be refilled
-    prefetch(t + stages - 1, slot == 0 ? stages - 1 : slot - 1);
+    prefetch(slot == 0 ? stages - 1 : slot - 1);  // step t + stages - 1
     cp_async_commit();
     const unsigned char* slot_ptr = ring + slot * slot_bytes;
     slot = slot + 1 == stages ? 0 : slot + 1;

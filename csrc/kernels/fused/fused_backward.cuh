@@ -165,10 +165,11 @@ __global__ void __launch_bounds__(fused::warps(kHeadDim) * 32, 1)
 
   // rec[nt][e] = (R^T dg_{t+1}) of this lane's unit and rows, with dg read from buffer `buf`.
   // Called by both warps of a pair (it has a pair barrier) and only by active warps.
-  const uint32_t b_lane = (lane & 7) * L.a_row + (lane >> 3) * 16 + half * kHalf * 32;
+  // (Shared-window addresses computed once: per step they cost a special-register read.)
+  const uint32_t b_lane = smem_addr(smem) + (lane & 7) * L.a_row + (lane >> 3) * 16 + half * kHalf * 32;
   auto recurrent_product = [&](int buf, float (&rec)[2][2]) {
-    float acc[4][2][4] = {};  // [chain][N tile]: four chains of chunks j % 4 shorten the MMA chain
-    const uint32_t b_src = smem_addr(dg_row(buf, 0)) + b_lane;
+    float acc[2][2][4] = {};  // [chain][N tile]: two chains (even and odd chunks) hide the MMA latency
+    const uint32_t b_src = b_lane + buf * kRows * L.a_row;
     // With an odd number of chunks the second warp's last chunk lies past K (its A fragment is
     // zero, but the dg columns there belong to other gates): skipped.
     auto mine = [&](int j) { return kChunks % 2 == 0 || half == 0 || j < kHalf - 1; };
@@ -180,14 +181,14 @@ __global__ void __launch_bounds__(fused::warps(kHeadDim) * 32, 1)
         uint32_t bf[4];
         ldmatrix_x4(bf, b_src + nt * 8 * L.a_row + j * 64);
         const uint32_t b_even[2] = {bf[0], bf[1]}, b_odd[2] = {bf[2], bf[3]};
-        M::mma(acc[2 * j % 4][nt], ra[2 * j], b_even, p.allow_tf32);
-        if (mine(2 * j + 1)) M::mma(acc[(2 * j + 1) % 4][nt], ra[2 * j + 1], b_odd, p.allow_tf32);
+        M::mma(acc[0][nt], ra[2 * j], b_even, p.allow_tf32);
+        if (mine(2 * j + 1)) M::mma(acc[1][nt], ra[2 * j + 1], b_odd, p.allow_tf32);
       }
       if constexpr (kHalf % 2 == 1) {  // an odd last chunk
         if (mine(kHalf - 1)) {
           uint32_t bf[2];
           ldmatrix_x2(bf, b_src + nt * 8 * L.a_row + (kHalf - 1) * 32);
-          M::mma(acc[(kHalf - 1) % 4][nt], ra[kHalf - 1], bf, p.allow_tf32);
+          M::mma(acc[0][nt], ra[kHalf - 1], bf, p.allow_tf32);
         }
       }
     }
@@ -197,7 +198,7 @@ __global__ void __launch_bounds__(fused::warps(kHeadDim) * 32, 1)
       if (nt >= tiles_n) break;
       float sum[4];
 #pragma unroll
-      for (int i = 0; i < 4; ++i) sum[i] = (acc[0][nt][i] + acc[1][nt][i]) + (acc[2][nt][i] + acc[3][nt][i]);
+      for (int i = 0; i < 4; ++i) sum[i] = acc[0][nt][i] + acc[1][nt][i];
       pair_out[nt * 32] = half == 0 ? make_float2(sum[2], sum[3]) : make_float2(sum[0], sum[1]);
       rec[nt][0] = half == 0 ? sum[0] : sum[2];
       rec[nt][1] = half == 0 ? sum[1] : sum[3];

@@ -171,7 +171,8 @@ __global__ void __launch_bounds__(fused::warps(kHeadDim) * 32, 1)
 
   const float clip = p.forward_clip_value;
   // ldmatrix x4 of 8 rows x 64 bytes: the B fragments of chunks 2j and 2j + 1.
-  const uint32_t b_lane = (lane & 7) * L.a_row + (lane >> 3) * 16;
+  // (Shared-window addresses computed once: per step they cost a special-register read.)
+  const uint32_t b_lane = smem_addr(smem) + (lane & 7) * L.a_row + (lane >> 3) * 16;
   int slot = 0;  // ring slot of step t
   for (int64_t t = 0; t < steps; ++t) {
     cp_async_wait_at_most(stages - 2);
@@ -211,7 +212,7 @@ __global__ void __launch_bounds__(fused::warps(kHeadDim) * 32, 1)
         }
     // Chunks past D (bucket padding) multiply zero R fragments by zero h columns: cheaper than a
     // branch per chunk, which also kept the compiler from hoisting the address (SASS).
-    const uint32_t b_src = smem_addr(h_row(t & 1, 0)) + b_lane;
+    const uint32_t b_src = b_lane + int(t & 1) * kRows * L.a_row;
 #pragma unroll
     for (int nt = 0; nt < 2; ++nt) {
       if (nt >= tiles_n) break;

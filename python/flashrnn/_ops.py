@@ -109,6 +109,9 @@ def autograd_rule(spec: CellSpec, name: str):
         _, R, _, _, need_saved, _, recurrent_cut, recurrent_clipval, allow_tf32 = inputs
         all_states, saved = output
         ctx.mark_non_differentiable(saved)
+        # No zero-filled gradient for `saved` (T * B * K * N * D values, never read): the
+        # backward gets None for it, and for the states when nothing depends on them.
+        ctx.set_materialize_grads(False)
         ctx.save_for_backward(R, all_states, saved)
         ctx.options = (need_saved, recurrent_cut, recurrent_clipval, allow_tf32)
 
@@ -118,6 +121,8 @@ def autograd_rule(spec: CellSpec, name: str):
             raise RuntimeError(f"flashrnn.{name}: the forward ran with need_saved=False, so nothing was "
                                "saved for the backward pass; call it with need_saved=True")
         R, all_states, saved = ctx.saved_tensors
+        if grad_states is None:
+            grad_states = torch.zeros_like(all_states)
         dg, dR, db, d0 = getattr(torch.ops.flashrnn, name + "_backward")(
             grad_states, all_states, saved, R, recurrent_cut, recurrent_clipval, allow_tf32)
         return dg[:, :, Gb - Gw:].transpose(0, 1), dR, db, d0, None, None, None, None, None

@@ -9,9 +9,11 @@ import itertools
 import math
 
 import pytest
+import torch
 
 from flashrnn import _core
 from flashrnn._cells import CELLS
+from flashrnn._ops import DTYPE_CODES, KERNEL_FAMILIES
 
 pytestmark = pytest.mark.skipif(not _core.has_cuda_core(), reason="needs the compiled CUDA core (no GPU needed)")
 
@@ -93,3 +95,28 @@ def test_refusals_say_why():
     assert "multiple of 16" in p["why"]
     p = plan(True, "gru", "bfloat16", 0, 1, 768, "H100 SXM (sm_90)")  # a raw op call with an empty batch
     assert "no batch row" in p["why"]
+
+
+def test_fused_backward_scratch_for_split_dr_is_bounded():
+    # csrc/kernels/weight_grad/sizes.h: dR is split over the T * B rows only when there are few
+    # dR tiles, into >= 2 fixed row ranges of >= 1024 rows; their fp32 partials stay under
+    # 512 tiles of 64 x 64 (8 MB) and sit after the db partials in the backward's workspace.
+    C = _core._C
+    seen_split = seen_single = False
+    for function, dtype, B, T, N, D in itertools.product(
+            CELLS, (torch.bfloat16, torch.float32), (1, 16, 256), (1, 7, 1024), (1, 12, 48), (16, 64, 128)):
+        spec = CELLS[function]
+        rows = T * B
+        bias = min(max(rows // 256, 1), 64) * spec.gates_b * N * D
+        total = C.backward_workspace_floats(KERNEL_FAMILIES["fused"], spec.code, DTYPE_CODES[dtype], B, T, N, D)
+        r_part, per_split = total - bias, spec.gates_r * N * D * D
+        where = (function, dtype, B, T, N, D)
+        assert 0 <= r_part <= 512 * 64 * 64, where
+        assert r_part % per_split == 0, where
+        splits = r_part // per_split
+        if rows < 2048:
+            assert splits == 0, where  # one range: dR written directly, no partials
+        assert splits == 0 or 2 <= splits <= rows // 1024, where
+        seen_split |= splits >= 2
+        seen_single |= splits == 0 and rows >= 2048
+    assert seen_split and seen_single

@@ -148,17 +148,6 @@ __global__ void __launch_bounds__(weight_grad::kThreads)
     }
 }
 
-// dR = the splits' partial sums added in split order.
-template <class T>
-__global__ void weight_grad_r_sum_kernel(const float* __restrict__ r_part, T* __restrict__ dr, int64_t elems,
-                                         int64_t splits) {
-  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= elems) return;
-  float s = 0.f;
-  for (int64_t k = 0; k < splits; ++k) s += r_part[k * elems + i];
-  dr[i] = from_float<T>(s);
-}
-
 template <class T>
 __global__ void bias_grad_partial_kernel(const T* __restrict__ dg, float* __restrict__ partial,
                                          int64_t rows, int64_t cols, int64_t rows_per_part) {
@@ -175,14 +164,16 @@ __global__ void bias_grad_partial_kernel(const T* __restrict__ dg, float* __rest
   partial[blockIdx.y * cols + col] = (s[0] + s[1]) + (s[2] + s[3]);
 }
 
+// out[c] = sum over p (in order) of partial[p][c]: db from its row-range partials, dR from its
+// K-split partials.
 template <class T>
-__global__ void bias_grad_final_kernel(const float* __restrict__ partial, T* __restrict__ db,
-                                       int64_t parts, int64_t cols) {
+__global__ void sum_partials_kernel(const float* __restrict__ partial, T* __restrict__ out,
+                                    int64_t parts, int64_t cols) {
   const int64_t col = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (col >= cols) return;
   float s = 0.f;
   for (int64_t p = 0; p < parts; ++p) s += partial[p * cols + col];
-  db[col] = from_float<T>(s);
+  out[col] = from_float<T>(s);
 }
 
 // dR and db from dg (p.dg) and the states (p.states); `partials` holds
@@ -201,9 +192,9 @@ void launch_weight_grad(const BackwardParams& p, int gates_r, int gates_b, float
   FLASHRNN_CHECK_LAUNCH("weight_grad_r_kernel");
   if (splits > 1) {
     const int64_t elems = gates_r * N * D * D;
-    weight_grad_r_sum_kernel<T><<<unsigned((elems + 255) / 256), 256, 0, stream>>>(r_part, static_cast<T*>(p.dr),
-                                                                                  elems, splits);
-    FLASHRNN_CHECK_LAUNCH("weight_grad_r_sum_kernel");
+    sum_partials_kernel<T><<<unsigned((elems + 255) / 256), 256, 0, stream>>>(r_part, static_cast<T*>(p.dr),
+                                                                             splits, elems);
+    FLASHRNN_CHECK_LAUNCH("sum_partials_kernel (dR)");
   }
 
   const int64_t cols = gates_b * N * D, parts = bias_parts(rows);
@@ -211,9 +202,9 @@ void launch_weight_grad(const BackwardParams& p, int gates_r, int gates_b, float
   const dim3 pgrid(unsigned((cols + 127) / 128), unsigned(parts));
   bias_grad_partial_kernel<T><<<pgrid, 128, 0, stream>>>(dg, partials, rows, cols, per_part);
   FLASHRNN_CHECK_LAUNCH("bias_grad_partial_kernel");
-  bias_grad_final_kernel<T><<<unsigned((cols + 127) / 128), 128, 0, stream>>>(
+  sum_partials_kernel<T><<<unsigned((cols + 127) / 128), 128, 0, stream>>>(
       partials, static_cast<T*>(p.dbias), parts, cols);
-  FLASHRNN_CHECK_LAUNCH("bias_grad_final_kernel");
+  FLASHRNN_CHECK_LAUNCH("sum_partials_kernel (db)");
 }
 
 }  // namespace flashrnn

@@ -47,11 +47,12 @@ __global__ void __launch_bounds__(fused::warps(kHeadDim) * 32, 1)
   const int unit = warp * 8 + g;      // this lane's unit, for batch rows 8 nt + 2q + e
   const bool active = warp * 8 < D;   // the same for both warps of a pair (D % 16 == 0)
   const int pair = warp / 2, half = warp % 2;
+  auto lane_row = [&](int nt, int e) { return b0 + 8 * nt + 2 * q + e; };  // this lane's batch rows
   bool row_ok[2][2];
 #pragma unroll
   for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
-    for (int e = 0; e < 2; ++e) row_ok[nt][e] = active && nt < tiles_n && b0 + 8 * nt + 2 * q + e < B;
+    for (int e = 0; e < 2; ++e) row_ok[nt][e] = active && nt < tiles_n && lane_row(nt, e) < B;
   const T* r = static_cast<const T*>(p.r);
   const T* states = static_cast<const T*>(p.states);
   const T* saved = static_cast<const T*>(p.saved);
@@ -71,14 +72,11 @@ __global__ void __launch_bounds__(fused::warps(kHeadDim) * 32, 1)
   }
 
   auto dg_row = [&](int buf, int row) { return reinterpret_cast<T*>(smem + (buf * kRows + row) * L.a_row); };
-  // Columns past D (bucket padding), the row tails and rows past the CTA's batch rows read as zeros.
+  // Columns past D (bucket padding) and rows past the CTA's batch rows read as zeros.
   for (int i = threadIdx.x; i < 2 * kRows * L.a_row / 4; i += blockDim.x) reinterpret_cast<uint32_t*>(smem)[i] = 0u;
   float2* pair_out = reinterpret_cast<float2*>(smem + L.side_offset + warp * fused::kPairBytes) + lane;  // [nt][lane]
   const float2* pair_in = reinterpret_cast<const float2*>(smem + L.side_offset + (warp ^ 1) * fused::kPairBytes) + lane;
 
-  // This lane's rows: b0 + 2q + 8 nt + e. Element offsets of row (nt, e) add row_offset(nt, e).
-  const int64_t row0 = b0 + 2 * q;
-  auto row_offset = [&](int nt, int e) { return (8 * nt + e) * ND; };
   float st[2][2][kS];   // s_t, [N tile][row][state]
   float dsc[2][2][kS];  // dL/ds_t through paths other than R (cell-defined), fp32
 #pragma unroll
@@ -88,9 +86,9 @@ __global__ void __launch_bounds__(fused::warps(kHeadDim) * 32, 1)
 #pragma unroll
       for (int s = 0; s < kS; ++s) {
         dsc[nt][e][s] = 0.f;
-        st[nt][e][s] = row_ok[nt][e] ? load_one(states + s * state_stride + steps * step_stride + row0 * ND +
-                                                row_offset(nt, e) + n * D + unit)
-                                     : 0.f;
+        st[nt][e][s] = row_ok[nt][e]
+                           ? load_one(states + s * state_stride + steps * step_stride + lane_row(nt, e) * ND + n * D + unit)
+                           : 0.f;
       }
   // dg_t leaves for global memory from the shared buffer it was written to, during the next
   // step (the buffer is rewritten only a step later), as whole rows in 16-byte pieces by all
@@ -164,10 +162,14 @@ __global__ void __launch_bounds__(fused::warps(kHeadDim) * 32, 1)
   __syncthreads();
 
   // rec[nt][e] = (R^T dg_{t+1}) of this lane's unit and rows, with dg read from buffer `buf`.
-  // Called by both warps of a pair (it has a pair barrier) and only by active warps.
+  // Every warp of the block calls it (it has a pair barrier); warps past D (bucket padding) only
+  // take the barrier. The hardware would not need theirs (named barriers are independent), but
+  // compute-sanitizer's racecheck counts each warp's barriers and reports false hazards when
+  // the counts differ.
   // (Shared-window addresses computed once: per step they cost a special-register read.)
   const uint32_t b_lane = smem_addr(smem) + (lane & 7) * L.a_row + (lane >> 3) * 16 + half * kHalf * 32;
   auto recurrent_product = [&](int buf, float (&rec)[2][2]) {
+    if (!active) return named_barrier(1 + pair, 64);
     float acc[2][2][4] = {};  // [chain][N tile]: two chains (even and odd chunks) hide the MMA latency
     const uint32_t b_src = b_lane + buf * kRows * L.a_row;
     // With an odd number of chunks the second warp's last chunk lies past K (its A fragment is
@@ -224,13 +226,9 @@ __global__ void __launch_bounds__(fused::warps(kHeadDim) * 32, 1)
     const int this_slot = slot;
     slot = slot + 1 == stages ? 0 : slot + 1;
     if (t < steps) write_dg(t + 1);
-    // Warps past D (bucket padding) take their pair barrier as often as the active pairs do.
-    // Not needed by the hardware (named barriers are independent), but compute-sanitizer's
-    // racecheck counts a warp's barriers and flags false hazards when the counts differ.
-    if (!active && t < steps && !p.recurrent_cut) named_barrier(1 + pair, 64);
+    float rec[2][2] = {};
+    if (t < steps && !p.recurrent_cut) recurrent_product((t + 1) & 1, rec);
     if (active) {
-      float rec[2][2] = {};
-      if (t < steps && !p.recurrent_cut) recurrent_product((t + 1) & 1, rec);
       const unsigned char* slot_ptr = ring + this_slot * slot_bytes;
       // Loads, then all cell updates, then all stores (independent elements interleave).
       float sv[2][2][kSaved], sp[2][2][kS], gs[2][2][kS];
@@ -299,7 +297,7 @@ __global__ void __launch_bounds__(fused::warps(kHeadDim) * 32, 1)
 #pragma unroll
     for (int e = 0; e < 2; ++e) {
       if (!row_ok[nt][e]) continue;
-      const int64_t at = row0 * ND + row_offset(nt, e) + n * D + unit;
+      const int64_t at = lane_row(nt, e) * ND + n * D + unit;
 #pragma unroll
       for (int s = 0; s < kS; ++s) {
         float v = dsc[nt][e][s];

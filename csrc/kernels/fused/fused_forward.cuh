@@ -7,8 +7,9 @@
 // and each lane ends up with every gate of its unit for its rows. Per step: h_{t-1} (dtype) is
 // read from a shared double buffer with ldmatrix (the B fragments), each warp multiplies it by
 // its units' rows of every R_k, adds Wx_t (prefetched into a shared ring with cp.async, 2-3
-// steps ahead) and the bias, runs the cell, writes h_t to the other shared buffer and the
-// states/saved values to global memory.
+// steps ahead) and the bias, runs the cell, writes h_t to the other shared buffer and the other
+// outputs (states, saved values) to a shared staging buffer; during the next step all threads
+// copy the step's outputs to global memory as whole rows.
 // Synchronization: one __syncthreads per step (it publishes h_t and the Wx ring slot).
 // Shared memory: tuning.h forward_layout; the ring depth follows the device's limit.
 #pragma once
@@ -32,7 +33,7 @@ __global__ void __launch_bounds__(fused::warps(kHeadDim) * 32, 1)
   constexpr int kS = Cell::kStates, kSaved = Cell::kSaved;
   constexpr int kChunks = kHeadDim / M::kK;
   constexpr int kTiles = (kGr + 1) / 2;  // M tiles: gates (2p, 2p + 1) x this warp's 8 units
-  constexpr int kOut = kS + kSaved;  // outputs per unit and row of one step (staged per warp)
+  constexpr int kOut = kS + kSaved;  // outputs per unit and row of one step
   constexpr fused::Layout L = fused::forward_layout(kHeadDim, sizeof(T), kGw, kOut);
   constexpr int kRows = fused::kBatchTile, kThreads = fused::warps(kHeadDim) * 32;
 

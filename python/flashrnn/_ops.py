@@ -9,7 +9,8 @@ kernel family, defined from one table so the cells cannot drift apart:
 cell in {lstm, gru, elman, slstm}, family in {alternating, fused}. Internal layouts:
 Wx [B, T, Gw, N, D] (B and T strides free), R [Gr, N, D, D], b [Gb, N, D], states0 [S, B, N, D];
 all_states [S, T + 1, B, N, D] (index 0 = states0), saved [T, B, K, N, D] (empty unless
-need_saved), dg [T, B, Gb, N, D] (dWx = dg[:, :, Gb - Gw:] transposed to [B, T, ...]).
+need_saved), dg [B, T, Gb, N, D] (batch-major like Wx, so dWx = dg[:, :, Gb - Gw:] needs no copy
+when Wx is a contiguous [B, T, ...] tensor).
 Each op has a CUDA kernel (the core), a CPU kernel (reference.py math), a fake kernel and
 autograd. The backward options are arguments of the forward op so autograd can see them.
 """
@@ -102,7 +103,7 @@ def _family_for(spec: CellSpec, family: str, x: torch.Tensor, B: int, N: int, D:
 
 def autograd_rule(spec: CellSpec, name: str):
     """(backward, setup_context) for torch.library's register_autograd of op `name`: saves R, the
-    states and the saved values; the backward op gives dg, from which dWx is a transposed slice."""
+    states and the saved values; the backward op gives dg, of which dWx is a slice."""
     Gb, Gw = spec.gates_b, spec.gates_w
 
     def setup_context(ctx, inputs, output):
@@ -125,7 +126,7 @@ def autograd_rule(spec: CellSpec, name: str):
             grad_states = torch.zeros_like(all_states)
         dg, dR, db, d0 = getattr(torch.ops.flashrnn, name + "_backward")(
             grad_states, all_states, saved, R, recurrent_cut, recurrent_clipval, allow_tf32)
-        return dg[:, :, Gb - Gw:].transpose(0, 1), dR, db, d0, None, None, None, None, None
+        return dg[:, :, Gb - Gw:], dR, db, d0, None, None, None, None, None
 
     return backward, setup_context
 
@@ -165,7 +166,7 @@ def _register(spec: CellSpec, family: str) -> None:
         T = T1 - 1
         grad_states, R = grad_states.contiguous(), R.contiguous()
         fam = KERNEL_FAMILIES[_family_for(spec, family, states, B, N, D, core, backward=True)]
-        dg = _new(states, (T, B, Gb, N, D))
+        dg = _new(states, (B, T, Gb, N, D))
         dR, db, d0 = _new(R, R.shape), _new(states, (Gb, N, D)), _new(states, (S, B, N, D))
         workspace = torch.empty(core.backward_workspace_floats(fam, spec.code, DTYPE_CODES[states.dtype], B, T, N, D),
                                 dtype=torch.float32, device=states.device)
@@ -193,7 +194,7 @@ def _register(spec: CellSpec, family: str) -> None:
     def backward_fake(grad_states, states, saved, R, recurrent_cut=False, recurrent_clipval=None,
                       allow_tf32=False):
         _, T1, B, N, D = states.shape
-        return (states.new_empty((T1 - 1, B, Gb, N, D)), torch.empty_like(R), states.new_empty((Gb, N, D)),
+        return (states.new_empty((B, T1 - 1, Gb, N, D)), torch.empty_like(R), states.new_empty((Gb, N, D)),
                 states.new_empty((S, B, N, D)))
 
     backward, setup_context = autograd_rule(spec, name)

@@ -9,7 +9,7 @@ the CUDA kernels implement, checked against autograd in tests/test_reference.py.
 
 Shapes: Wx [B, T, Gw, N, D], R [Gr, N, D, D] (R[g, n, i, j]: output i, input j), b [Gb, N, D],
 states [S, B, N, D]; all_states [S, T + 1, B, N, D] with the initial state at index 0;
-saved [T, B, K, N, D]; dg [T, B, Gb, N, D].
+saved [T, B, K, N, D]; dg [B, T, Gb, N, D].
 """
 from __future__ import annotations
 
@@ -186,19 +186,19 @@ def forward_op(spec: CellSpec, Wx, R, b, states0, need_saved: bool, forward_clip
 
 @torch.no_grad()
 def backward_op(spec: CellSpec, grad_states, all_states, saved, R, recurrent_cut: bool, recurrent_clipval):
-    """dg [T, B, Gb, N, D], dR, db, dstates0 [S, B, N, D]: the CUDA backward's rule."""
+    """dg [B, T, Gb, N, D], dR, db, dstates0 [S, B, N, D]: the CUDA backward's rule."""
     _, cell_backward = CELL_FUNCTIONS[spec.name]
     S, T1, B, N, D = all_states.shape
     T, dtype, cdt = T1 - 1, all_states.dtype, _compute_dtype(all_states.dtype)
     Rc = R.to(cdt)
     grad = grad_states.to(cdt)
-    dg_all = all_states.new_empty((T, B, spec.gates_b, N, D))
+    dg_all = all_states.new_empty((B, T, spec.gates_b, N, D))
     ds = [torch.zeros((B, N, D), dtype=cdt, device=all_states.device) for _ in range(S)]
 
     def carried(t):  # clip(R^T dg_{t+1} + pointwise term) for h_t
         rec = ds[0]
         if t < T and not recurrent_cut:
-            rec = rec + _transposed_product(dg_all[t, :, : spec.gates_r].to(cdt), Rc)
+            rec = rec + _transposed_product(dg_all[:, t, : spec.gates_r].to(cdt), Rc)
         return _clamp(rec, recurrent_clipval)
 
     for t in range(T, 0, -1):
@@ -206,10 +206,10 @@ def backward_op(spec: CellSpec, grad_states, all_states, saved, R, recurrent_cut
         s_prev = list(all_states[:, t - 1].to(cdt).unbind(0))
         s_cur = list(all_states[:, t].to(cdt).unbind(0))
         ds, dg = cell_backward(list(saved[t - 1].to(cdt).unbind(1)), s_prev, s_cur, dsv)
-        dg_all[t - 1] = torch.stack(dg, dim=1)
+        dg_all[:, t - 1] = torch.stack(dg, dim=1)
     d0 = [carried(0) + grad[0, 0]] + [ds[k] + grad[k, 0] for k in range(1, S)]
     dgc = dg_all.to(cdt)
-    dR = torch.einsum("tbgni,tbnj->gnij", dgc[:, :, : spec.gates_r], all_states[0, :T].to(cdt))
+    dR = torch.einsum("btgni,tbnj->gnij", dgc[:, :, : spec.gates_r], all_states[0, :T].to(cdt))
     db = dgc.sum((0, 1))
     return dg_all, dR.to(dtype).contiguous(), db.to(dtype), torch.stack(d0).to(dtype)
 

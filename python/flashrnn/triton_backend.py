@@ -5,7 +5,7 @@ two backends' forward and backward are interchangeable:
     <cell>_triton(Wx, R, b, states0, need_saved=True, forward_clipval=None, recurrent_cut=False,
         recurrent_clipval=None, allow_tf32=False) -> (all_states [S, T+1, B, N, D], saved [T, B, K, N, D])
     <cell>_triton_backward(grad_states, states, saved, R, recurrent_cut=False, recurrent_clipval=None,
-        allow_tf32=False) -> (dg [T, B, Gb, N, D], dR, db, dstates0)
+        allow_tf32=False) -> (dg [B, T, Gb, N, D], dR, db, dstates0)
 
 Kernels (spec 4.5, with the fixes of spec 3.3-3.5):
   _forward_kernel   one program per (head, tile of BATCH_TILE batch rows) runs all T steps. R_g of
@@ -360,7 +360,7 @@ def _backward_kernel(grad_ptr, states_ptr, saved_ptr, r_ptr, dg_ptr, d0_ptr, B, 
     plane = rows.to(tl.int64)[:, None] * ND + head * D + units[None, :]
     plane_size = B.to(tl.int64) * ND
     saved_rows = rows.to(tl.int64)[:, None] * (K * ND) + head * D + units[None, :]
-    dg_rows = rows.to(tl.int64)[:, None] * (GB * ND) + head * D + units[None, :]
+    dg_rows = rows.to(tl.int64)[:, None] * (T * GB * ND) + head * D + units[None, :]  # dg is [B, T, GB, N, D]
     state_stride = (T + 1) * plane_size
 
     # R_g stays on chip (unless too large, see _r_on_chip; not needed when the recurrent path is cut)
@@ -393,7 +393,7 @@ def _backward_kernel(grad_ptr, states_ptr, saved_ptr, r_ptr, dg_ptr, d0_ptr, B, 
         dn += g_n.to(tl.float32)
         dg0, dg1, dg2, dg3, carried, dc, dn = _cell_backward(CELL, dh, dc, dn, v0, v1, v2, v3, v4, h_prev,
                                                              c_prev, n_prev, c, n)
-        out = dg_ptr + (t - 1) * plane_size * GB + dg_rows
+        out = dg_ptr + (t - 1) * GB * ND + dg_rows
         _store(out, dg0, mask)
         if GB > 1:
             _store(out + ND, dg1, mask)
@@ -426,11 +426,11 @@ def _backward_kernel(grad_ptr, states_ptr, saved_ptr, r_ptr, dg_ptr, d0_ptr, B, 
         _store(d0_ptr + 3 * plane_size + plane, _load_f32(grad_ptr + 3 * state_stride + plane, mask), mask)
 
 
-@_jit(do_not_specialize=["rows", "N", "chunk"])
-def _recurrent_weight_grad_kernel(dg_ptr, h_ptr, out_ptr, rows, N, D, chunk, GR: tl.constexpr, GB: tl.constexpr,
+@_jit(do_not_specialize=["rows", "T", "N", "chunk"])
+def _recurrent_weight_grad_kernel(dg_ptr, h_ptr, out_ptr, rows, T, N, D, chunk, GR: tl.constexpr, GB: tl.constexpr,
                                   DP: tl.constexpr, BI: tl.constexpr, BT: tl.constexpr, PRECISION: tl.constexpr):
     """out[p, g, n, i, j] = sum over rows r of chunk p of dg[r, g, n, i] h[r, n, j] in fp32, for a BI-block
-    of output units i; r runs over (t, b), h = all_states[0, :T] (h_{t-1} of step t)."""
+    of output units i; r = b * T + t runs over dg's rows, h = all_states[0, :T] (h_{t-1} of step t, row t * B + b)."""
     g = tl.program_id(0) % GR
     head = tl.program_id(0) // GR
     i = tl.program_id(1) * BI + tl.arange(0, BI)
@@ -444,7 +444,8 @@ def _recurrent_weight_grad_kernel(dg_ptr, h_ptr, out_ptr, rows, N, D, chunk, GR:
         ok = (r < rows)[:, None]
         dg = tl.load(dg_ptr + (r[:, None] * GB + g) * ND + head * D + i[None, :], mask=ok & (i < D)[None, :],
                      other=0.0)
-        h = tl.load(h_ptr + r[:, None] * ND + head * D + j[None, :], mask=ok & (j < D)[None, :], other=0.0)
+        h_row = (r % T) * (rows // T) + r // T
+        h = tl.load(h_ptr + h_row[:, None] * ND + head * D + j[None, :], mask=ok & (j < D)[None, :], other=0.0)
         acc = tl.dot(tl.trans(dg), h, acc, input_precision=PRECISION, out_dtype=tl.float32)
     out = out_ptr + ((p * GR + g) * N + head).to(tl.int64) * D * D + i[:, None] * D + j[None, :]
     tl.store(out, acc, mask=(i < D)[:, None] & (j < D)[None, :])
@@ -541,7 +542,7 @@ def backward(spec: CellSpec, grad_states, states, saved, R, recurrent_cut: bool 
     T = T1 - 1
     DP = _check_inputs(f"{spec.name}_triton_backward", states, R)
     grad_states, states, saved, R = (x.contiguous() for x in (grad_states, states, saved, R))
-    dg = _new(states, (T, B, spec.gates_b, N, D))
+    dg = _new(states, (B, T, spec.gates_b, N, D))
     d0 = _new(states, (S, B, N, D))
     precision = _precision(states.dtype, allow_tf32)
     if r_on_chip is None:
@@ -559,7 +560,7 @@ def backward(spec: CellSpec, grad_states, states, saved, R, recurrent_cut: bool 
 
 def _recurrent_weight_grad(spec: CellSpec, dg, states, R, DP: int, precision: str) -> torch.Tensor:
     """dR = sum over (t, b) of dg_R (x) h_{t-1}: fp32 partials over row chunks, summed in a fixed order."""
-    T, B, _, N, D = dg.shape
+    B, T, _, N, D = dg.shape
     rows, GR = T * B, spec.gates_r
     BI, BT = min(DP, 64), 32
     blocks = N * GR * triton.cdiv(DP, BI)
@@ -570,7 +571,7 @@ def _recurrent_weight_grad(spec: CellSpec, dg, states, R, DP: int, precision: st
     parts = max(1, triton.cdiv(rows, chunk))
     partial = _new(dg, (parts, GR, N, D, D), torch.float32)
     torch.library.wrap_triton(_recurrent_weight_grad_kernel)[(N * GR, triton.cdiv(DP, BI), parts)](
-        dg, states, partial, rows, N, D, chunk, GR=GR, GB=spec.gates_b, DP=DP, BI=BI, BT=BT, PRECISION=precision,
+        dg, states, partial, rows, T, N, D, chunk, GR=GR, GB=spec.gates_b, DP=DP, BI=BI, BT=BT, PRECISION=precision,
         num_warps=4)
     return partial.sum(0).to(R.dtype)
 

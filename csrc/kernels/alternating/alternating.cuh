@@ -139,11 +139,11 @@ __global__ void __launch_bounds__(alternating::kThreads)
   // rec[b, j] = sum_{k, i} dg_{t+1}[b, k, i] R[k, n, i, j] for j in [u0, u0 + 8); rt = R^T
   float acc[1][4] = {};
   if (t < steps && !p.recurrent_cut) {
-    const T* a_base = dg + (t * B + b0) * kGb * ND + n * D;  // dg row of step t + 1
+    const T* a_base = dg + (b0 * steps + t) * kGb * ND + n * D;  // dg [B, T, Gb, N, D] at step t + 1, row b0
     const bool lo = b0 + g < B, hi = b0 + g + 8 < B;
     accumulate_chunks<T>(acc, kGr * D / M::kK, p.allow_tf32, [&](int64_t c, uint32_t (&a)[4], uint32_t (&bf)[1][2]) {
       const int64_t k = c * M::kK / D, i0 = c * M::kK % D;
-      M::load_a(a, a_base + k * ND + i0, kGb * ND, lo, hi);
+      M::load_a(a, a_base + k * ND + i0, steps * kGb * ND, lo, hi);
       M::load_b(bf[0], rt + (n * D + u0) * kGr * D + c * M::kK, kGr * D);
     });
   }
@@ -180,7 +180,7 @@ __global__ void __launch_bounds__(alternating::kThreads)
     ds[s] = (s == 0 ? rec : carry[s * carry_stride]) + grad_at(s, t);
   }
   Cell::template backward<MathFor<T>>(sv, sp, sc, ds, dgv);
-  T* out = dg + ((t - 1) * B + b) * kGb * ND + n * D + u;
+  T* out = dg + (b * steps + t - 1) * kGb * ND + n * D + u;
 #pragma unroll
   for (int k = 0; k < kGb; ++k) out[k * ND] = from_float<T>(dgv[k]);
 #pragma unroll

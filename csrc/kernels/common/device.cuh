@@ -57,6 +57,15 @@ __device__ __forceinline__ float load_one(const T* p) { return to_float(*p); }
 template <class T>
 __device__ __forceinline__ void store_one(T* p, float v) { *p = from_float<T>(v); }
 
+// threadIdx.x behind an opaque move. The kernels' per-step code uses values derived from it
+// (warp, lane, whether a warp is padding); with the plain special register the compiler
+// re-reads it inside the step loop (S2R, tens of cycles on the critical path, seen in SASS).
+__device__ __forceinline__ int thread_index() {
+  int r;
+  asm volatile("mov.u32 %0, %%tid.x;" : "=r"(r));
+  return r;
+}
+
 // A named barrier for `threads` threads (a multiple of 32) of the block; id 0 is __syncthreads.
 __device__ __forceinline__ void named_barrier(int id, int threads) {
   asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory");

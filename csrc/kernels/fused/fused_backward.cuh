@@ -40,7 +40,7 @@ __global__ void __launch_bounds__(fused::warps(kHeadDim) * 32, 1)
   static_assert(fused::warps(kHeadDim) % 2 == 0, "warps work in pairs");
 
   extern __shared__ __align__(128) unsigned char smem[];
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
+  const int tid = thread_index(), warp = tid / 32, lane = tid % 32, g = lane / 4, q = lane % 4;
   const int64_t B = p.batch, steps = p.steps, N = p.heads, D = p.head_dim, ND = N * D;
   constexpr int rows = 8 * kTilesN, tiles_n = kTilesN;
   const int64_t n = blockIdx.y, b0 = int64_t(blockIdx.x) * rows;
@@ -73,7 +73,7 @@ __global__ void __launch_bounds__(fused::warps(kHeadDim) * 32, 1)
 
   auto dg_row = [&](int buf, int row) { return reinterpret_cast<T*>(smem + (buf * kRows + row) * L.a_row); };
   // Columns past D (bucket padding) and rows past the CTA's batch rows read as zeros.
-  for (int i = threadIdx.x; i < 2 * kRows * L.a_row / 4; i += blockDim.x) reinterpret_cast<uint32_t*>(smem)[i] = 0u;
+  for (int i = tid; i < 2 * kRows * L.a_row / 4; i += blockDim.x) reinterpret_cast<uint32_t*>(smem)[i] = 0u;
   float2* pair_out = reinterpret_cast<float2*>(smem + L.side_offset + warp * fused::kPairBytes) + lane;  // [nt][lane]
   const float2* pair_in = reinterpret_cast<const float2*>(smem + L.side_offset + (warp ^ 1) * fused::kPairBytes) + lane;
 
@@ -97,17 +97,17 @@ __global__ void __launch_bounds__(fused::warps(kHeadDim) * 32, 1)
   constexpr int kPieces = kGb * rows * kPiecesPerRow, kPiecesPerThread = (kPieces + kThreads - 1) / kThreads;
   bool out_live[kPiecesPerThread];
   int out_src[kPiecesPerThread];      // bytes into buffer 0
-  int64_t out_dst[kPiecesPerThread];  // elements from step t's rows of dg
+  int64_t out_dst[kPiecesPerThread];  // elements from step t of batch row b0 in dg [B, T, Gb, N, D]
 #pragma unroll
   for (int j = 0; j < kPiecesPerThread; ++j) {
-    const int i = threadIdx.x + kThreads * j, c = i % kPiecesPerRow, k = i / kPiecesPerRow % kGb;
+    const int i = tid + kThreads * j, c = i % kPiecesPerRow, k = i / kPiecesPerRow % kGb;
     const int row = i / kPiecesPerRow / kGb;
     out_live[j] = i < kPieces && b0 + row < B && c * kPerPiece < D;
     out_src[j] = row * L.a_row + (k * kHeadDim + c * kPerPiece) * int(sizeof(T));
-    out_dst[j] = (row * kGb + k) * ND + c * kPerPiece;
+    out_dst[j] = (row * steps * kGb + k) * ND + c * kPerPiece;
   }
   auto write_dg = [&](int64_t t) {  // dg_t, from buffer t & 1
-    T* dst_t = dg_out + ((t - 1) * B + b0) * kGb * ND + n * D;
+    T* dst_t = dg_out + (b0 * steps + t - 1) * kGb * ND + n * D;
     const unsigned char* src = smem + (t & 1) * kRows * L.a_row;
 #pragma unroll
     for (int j = 0; j < kPiecesPerThread; ++j)
@@ -126,7 +126,7 @@ __global__ void __launch_bounds__(fused::warps(kHeadDim) * 32, 1)
   bool copy_live[kCopiesPerThread], copy_ok[kCopiesPerThread];
 #pragma unroll
   for (int j = 0; j < kCopiesPerThread; ++j) {
-    const int i = threadIdx.x + j * kThreads;
+    const int i = tid + j * kThreads;
     const int row = i / (kSubRows * kCopiesPerRow), sub = i / kCopiesPerRow % kSubRows, c = i % kCopiesPerRow;
     const int64_t b = b0 + row, col = int64_t(c) * 16 / sizeof(T), at = b * ND + n * D + col;
     copy_live[j] = i < kCopies;
@@ -225,9 +225,10 @@ __global__ void __launch_bounds__(fused::warps(kHeadDim) * 32, 1)
   for (int64_t t = steps; t >= 1; --t) {
     const int this_slot = slot;
     slot = slot + 1 == stages ? 0 : slot + 1;
-    if (t < steps) write_dg(t + 1);
     float rec[2][2] = {};
     if (t < steps && !p.recurrent_cut) recurrent_product((t + 1) & 1, rec);
+    // After the product: its shared loads and MMAs do not wait behind these copies.
+    if (t < steps) write_dg(t + 1);
     if (active) {
       const unsigned char* slot_ptr = ring + this_slot * slot_bytes;
       // Loads, then all cell updates, then all stores (independent elements interleave).

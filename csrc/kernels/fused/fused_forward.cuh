@@ -38,7 +38,7 @@ __global__ void __launch_bounds__(fused::warps(kHeadDim) * 32, 1)
   constexpr int kRows = fused::kBatchTile, kThreads = fused::warps(kHeadDim) * 32;
 
   extern __shared__ __align__(128) unsigned char smem[];
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
+  const int tid = thread_index(), warp = tid / 32, lane = tid % 32, g = lane / 4, q = lane % 4;
   const int64_t B = p.batch, steps = p.steps, N = p.heads, D = p.head_dim, ND = N * D;
   constexpr int rows = 8 * kTilesN, tiles_n = kTilesN;
   const int64_t n = blockIdx.y, b0 = int64_t(blockIdx.x) * rows;
@@ -103,7 +103,7 @@ __global__ void __launch_bounds__(fused::warps(kHeadDim) * 32, 1)
   T* out_dst[kPiecesPerThread];  // where the piece of the next step goes; moves one step per write
 #pragma unroll
   for (int j = 0; j < kPiecesPerThread; ++j) {
-    const int i = threadIdx.x + kThreads * j, c = i % kPiecesPerRow, row = i / kPiecesPerRow % rows;
+    const int i = tid + kThreads * j, c = i % kPiecesPerRow, row = i / kPiecesPerRow % rows;
     const int o = i / kPiecesPerRow / rows;
     out_live[j] = i < kPieces && b0 + row < B && c * kPerPiece < D && (o < kS || saved != nullptr);
     out_state[j] = o < kS;
@@ -126,7 +126,7 @@ __global__ void __launch_bounds__(fused::warps(kHeadDim) * 32, 1)
   };
 
   // Zero both h buffers (bucket padding columns and missing rows stay zero), then h_0.
-  for (int i = threadIdx.x; i < 2 * kRows * L.a_row / 4; i += blockDim.x) reinterpret_cast<uint32_t*>(smem)[i] = 0u;
+  for (int i = tid; i < 2 * kRows * L.a_row / 4; i += blockDim.x) reinterpret_cast<uint32_t*>(smem)[i] = 0u;
   __syncthreads();
 #pragma unroll
   for (int nt = 0; nt < 2; ++nt)
@@ -144,7 +144,7 @@ __global__ void __launch_bounds__(fused::warps(kHeadDim) * 32, 1)
   bool copy_live[kCopiesPerThread], copy_ok[kCopiesPerThread];
 #pragma unroll
   for (int j = 0; j < kCopiesPerThread; ++j) {
-    const int i = threadIdx.x + j * kThreads;
+    const int i = tid + j * kThreads;
     const int row = i / (kGw * kCopiesPerGate), k = i / kCopiesPerGate % kGw, c = i % kCopiesPerGate;
     const int64_t b = b0 + row, col = int64_t(c) * 16 / sizeof(T);
     copy_live[j] = i < kCopies;
@@ -182,12 +182,14 @@ __global__ void __launch_bounds__(fused::warps(kHeadDim) * 32, 1)
     cp_async_commit();
     const unsigned char* slot_ptr = ring + slot * slot_bytes;
     slot = slot + 1 == stages ? 0 : slot + 1;
-    if (t > 0) write_out(t - 1);
-    if (!active) continue;
+    if (!active) {
+      if (t > 0) write_out(t - 1);
+      continue;
+    }
 
-    // Pre-activations start as Wx_t + b (independent of h, so these shared loads overlap the
-    // barrier and the product), then the product adds R h_{t-1} on top. Gates without R
-    // (GRU's n) keep their sum in wb.
+    // Pre-activations: R h_{t-1} + Wx_t + b. The MMA chains start from zero so they do not wait
+    // for these shared loads; wb is added after the product. Gates without R (GRU's n) keep
+    // their sum in wb.
     float wb[kGb][2][2];
 #pragma unroll
     for (int nt = 0; nt < 2; ++nt)
@@ -208,7 +210,7 @@ __global__ void __launch_bounds__(fused::warps(kHeadDim) * 32, 1)
       for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          acc[tile][nt][e] = 2 * tile + e / 2 < kGr ? wb[2 * tile + e / 2][nt][e % 2] : 0.f;
+          acc[tile][nt][e] = 0.f;
           acc_odd[tile][nt][e] = 0.f;
         }
     // Chunks past D (bucket padding) multiply zero R fragments by zero h columns: cheaper than a
@@ -237,8 +239,13 @@ __global__ void __launch_bounds__(fused::warps(kHeadDim) * 32, 1)
 #pragma unroll
       for (int tile = 0; tile < kTiles; ++tile)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) acc[tile][nt][e] += acc_odd[tile][nt][e];
+        for (int e = 0; e < 4; ++e)
+          acc[tile][nt][e] = acc[tile][nt][e] + acc_odd[tile][nt][e] +
+                             (2 * tile + e / 2 < kGr ? wb[2 * tile + e / 2][nt][e % 2] : 0.f);
     }
+    // Step t-1's outputs leave while the MMAs run (the shared loads they wait for no longer
+    // delay the product).
+    if (t > 0) write_out(t - 1);
 
     float sv[2][2][kSaved];
 #pragma unroll

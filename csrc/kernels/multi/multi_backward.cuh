@@ -83,7 +83,7 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
     __syncthreads();  // every CTA's dg_s is visible to the whole CTA
     const int mt = warp % mt_count, kg = warp / mt_count;
     const uint32_t a_src = smem_addr(stage + (mt * 16 + (lane & 15)) * plan.a_row) + (lane >> 4) * 16;
-    const T* dg_s = dg_out + ((s - 1) * B + b0) * kGb * ND + n * D;
+    const T* dg_s = dg_out + (b0 * steps + s - 1) * kGb * ND + n * D;  // dg is [B, T, Gb, N, D]
     const int copies_per_gate = int(D * int64_t(sizeof(T)) / 16);
     float acc[kChains][4] = {};
     for (int k0 = 0; k0 < kGr; k0 += plan.gates_per_chunk) {
@@ -93,7 +93,7 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
       int row = tid / per_row, k = tid % per_row / copies_per_gate, c = tid % copies_per_gate;
       for (int i = tid; i < copies; i += kThreads) {
         cp_async_16(stage + row * plan.a_row + (int64_t(k) * D * sizeof(T)) + c * 16,
-                    dg_s + row * kGb * ND + (k0 + k) * ND + c * (16 / int(sizeof(T))), true);
+                    dg_s + (row * steps * kGb + k0 + k) * ND + c * (16 / int(sizeof(T))), true);
         for (c += kThreads; c >= copies_per_gate; c -= copies_per_gate)
           if (++k == gates) {
             k = 0;
@@ -203,7 +203,7 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
           st[u][s] = spu[s];
         }
       }
-      T* out = dg_out + ((t - 1) * B + pb) * kGb * ND + n * D + unit;
+      T* out = dg_out + (pb * steps + t - 1) * kGb * ND + n * D + unit;
 #pragma unroll
       for (int k = 0; k < kGb; ++k) store_pair(out + k * ND, dg[0][k], dg[1][k]);
     }

@@ -1,8 +1,9 @@
 // Weight gradients after the recurrent backward, shared by both families. Deterministic: every
 // output element is summed by one thread in a fixed order (no atomics).
 //
-//   dR[k, n, i, j] = sum_r dg[r, k, n, i] * h[r, n, j]     r = t * B + b over the T * B rows,
-//   db[k, n, i]    = sum_r dg[r, k, n, i]                  h = states[0, 0..T-1] (the h_{t-1})
+//   dR[k, n, i, j] = sum_r dg[r, k, n, i] * h[t * B + b, n, j]   r = b * T + t over the T * B rows
+//   db[k, n, i]    = sum_r dg[r, k, n, i]                         of dg [B, T, Gb, N, D];
+//                                                                 h = states[0, 0..T-1] (the h_{t-1})
 //
 // dR is a per-head GEMM (M = Gr * D, N = D, K = T * B) on tensor cores: 64 x 64 tiles, 4 warps
 // of 32 x 32, K in chunks of 32 rows double-buffered with cp.async; fp32 runs as 3xTF32. Small
@@ -32,8 +33,8 @@ constexpr int kChunk = 32, kThreads = 128;
 template <class T>
 __global__ void __launch_bounds__(weight_grad::kThreads)
     weight_grad_r_kernel(const T* __restrict__ dg, const T* __restrict__ h, T* __restrict__ dr,
-                         float* __restrict__ r_part, int64_t all_rows, int64_t rows_per_split, int64_t N,
-                         int64_t D, int gates_r, int gates_b, bool tf32) {
+                         float* __restrict__ r_part, int64_t steps, int64_t batch, int64_t rows_per_split,
+                         int64_t N, int64_t D, int gates_r, int gates_b, bool tf32) {
   using namespace weight_grad;
   constexpr int kPad = 8;  // row = 64 + 8 elements: ldmatrix / scalar reads without bank conflicts
   constexpr int kRow = kTile + kPad;
@@ -45,11 +46,11 @@ __global__ void __launch_bounds__(weight_grad::kThreads)
   const int64_t n = blockIdx.z % N, split = blockIdx.z / N;
   const int64_t m0 = int64_t(blockIdx.x) * kTile, j0 = int64_t(blockIdx.y) * kTile;
   const int64_t M = int64_t(gates_r) * D, ND = N * D;
-  // This split's rows, shifted to start at 0.
-  const int64_t first = split * rows_per_split;
+  // This split's rows of dg, shifted to start at 0; h row of dg row r: t * B + b.
+  const int64_t all_rows = steps * batch, first = split * rows_per_split;
   const int64_t rows = first + rows_per_split < all_rows ? rows_per_split : all_rows - first;
   dg += first * gates_b * ND;
-  h += first * ND;
+  auto h_row = [&](int64_t r) { return (first + r) % steps * batch + (first + r) / steps; };
   const int wm = warp / 2 * 32, wn = warp % 2 * 32;  // this warp's 32 x 32 corner
 
   auto load_chunk = [&](int buf, int64_t r0) {
@@ -58,7 +59,7 @@ __global__ void __launch_bounds__(weight_grad::kThreads)
       const int64_t r = r0 + kk, m = m0 + col, j = j0 + col;
       const bool ra = r < rows && m < M, rb = r < rows && j < D;
       const T* sa = ra ? dg + (r * gates_b + m / D) * ND + n * D + m % D : dg;
-      const T* sb = rb ? h + r * ND + n * D + j : h;
+      const T* sb = rb ? h + h_row(r) * ND + n * D + j : h;
       cp_async_16(&a_s[buf][kk][col], sa, ra);
       cp_async_16(&b_s[buf][kk][col], sb, rb);
     }
@@ -187,7 +188,7 @@ void launch_weight_grad(const BackwardParams& p, int gates_r, int gates_b, float
   float* r_part = splits > 1 ? partials + bias_scratch_floats(rows, gates_b, N, D) : nullptr;
   const dim3 grid(unsigned((gates_r * D + kTile - 1) / kTile), unsigned((D + kTile - 1) / kTile), unsigned(N * splits));
   weight_grad_r_kernel<T><<<grid, kThreads, 0, stream>>>(dg, static_cast<const T*>(p.states), static_cast<T*>(p.dr),
-                                                          r_part, rows, per_split, N, D, gates_r, gates_b,
+                                                          r_part, p.steps, p.batch, per_split, N, D, gates_r, gates_b,
                                                           p.allow_tf32);
   FLASHRNN_CHECK_LAUNCH("weight_grad_r_kernel");
   if (splits > 1) {

@@ -229,6 +229,9 @@ __global__ void __launch_bounds__(fused::warps(kHeadDim) * 32, 1)
     if (t < steps && !p.recurrent_cut) recurrent_product((t + 1) & 1, rec);
     // After the product: its shared loads and MMAs do not wait behind these copies.
     if (t < steps) write_dg(t + 1);
+    // This thread's copies of step t-1's slot (needed after the barrier); waited for here,
+    // behind the product, so the parameter read and branch stay off the critical path.
+    cp_async_wait_at_most(stages - 2);
     if (active) {
       const unsigned char* slot_ptr = ring + this_slot * slot_bytes;
       // Loads, then all cell updates, then all stores (independent elements interleave).
@@ -280,7 +283,6 @@ __global__ void __launch_bounds__(fused::warps(kHeadDim) * 32, 1)
         }
       }
     }
-    cp_async_wait_at_most(stages - 2);
     __syncthreads();  // dg_t and ring slot t-1 are visible; slot t is free
     prefetch(t - stages, this_slot);
     cp_async_commit();

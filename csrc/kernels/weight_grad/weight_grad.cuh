@@ -6,7 +6,7 @@
 //                                                                 h = states[0, 0..T-1] (the h_{t-1})
 //
 // dR is a per-head GEMM (M = Gr * D, N = D, K = T * B) on tensor cores: 64 x 64 tiles, 4 warps
-// of 32 x 32, K in chunks of 32 rows double-buffered with cp.async; fp32 runs as 3xTF32. Small
+// of 32 x 32, K in chunks of 32 rows in a cp.async ring (3 chunks ahead; fp32 1); fp32 runs as 3xTF32. Small
 // heads have few tiles, so K is split (sizes.h r_splits) into fixed row ranges whose fp32
 // partial sums a second kernel adds in split order.
 // Each chunk's products are summed on the tensor cores, then added to the running sum in
@@ -39,8 +39,12 @@ __global__ void __launch_bounds__(weight_grad::kThreads)
   constexpr int kPad = 8;  // row = 64 + 8 elements: ldmatrix / scalar reads without bank conflicts
   constexpr int kRow = kTile + kPad;
   constexpr int kE = 16 / sizeof(T);  // elements per 16-byte copy
-  __shared__ __align__(16) T a_s[2][kChunk][kRow];  // a_s[k][m] = dg[r0 + k, m]
-  __shared__ __align__(16) T b_s[2][kChunk][kRow];  // b_s[k][j] = h[r0 + k, j]
+  // Chunks in flight: each CTA walks its rows chunk by chunk, so with two buffers every chunk
+  // paid a whole memory latency (128 x 6: ~100 chunks per CTA, 124 us). Static shared memory
+  // (48 KB) holds four stages of 16-bit chunks, two of fp32.
+  constexpr int kStages = sizeof(T) == 2 ? 4 : 2;
+  __shared__ __align__(16) T a_s[kStages][kChunk][kRow];  // a_s[k][m] = dg[r0 + k, m]
+  __shared__ __align__(16) T b_s[kStages][kChunk][kRow];  // b_s[k][j] = h[r0 + k, j]
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
   const int64_t n = blockIdx.z % N, split = blockIdx.z / N;
@@ -50,31 +54,54 @@ __global__ void __launch_bounds__(weight_grad::kThreads)
   const int64_t all_rows = steps * batch, first = split * rows_per_split;
   const int64_t rows = first + rows_per_split < all_rows ? rows_per_split : all_rows - first;
   dg += first * gates_b * ND;
-  auto h_row = [&](int64_t r) { return (first + r) % steps * batch + (first + r) / steps; };
   const int wm = warp / 2 * 32, wn = warp % 2 * 32;  // this warp's 32 x 32 corner
 
-  auto load_chunk = [&](int buf, int64_t r0) {
-    for (int i = threadIdx.x; i < kChunk * kTile / kE; i += kThreads) {
-      const int kk = i / (kTile / kE), col = i % (kTile / kE) * kE;
-      const int64_t r = r0 + kk, m = m0 + col, j = j0 + col;
-      const bool ra = r < rows && m < M, rb = r < rows && j < D;
-      const T* sa = ra ? dg + (r * gates_b + m / D) * ND + n * D + m % D : dg;
-      const T* sb = rb ? h + h_row(r) * ND + n * D + j : h;
-      cp_async_16(&a_s[buf][kk][col], sa, ra);
-      cp_async_16(&b_s[buf][kk][col], sb, rb);
+  // Each thread's 16-byte copies are at the same row kk of every chunk and the same columns.
+  // Chunks are loaded in order, kChunk rows apart: dg moves kChunk rows; the h row of dg row
+  // b * T + t is t * B + b, tracked as (t, b) without divisions (t wraps into the next b).
+  constexpr int kCopies = kChunk * kTile / kE / kThreads;
+  static_assert(kChunk * kTile / kE % kThreads == 0, "whole copies per thread");
+  int kk[kCopies], col[kCopies];
+  bool a_ok[kCopies], b_ok[kCopies];
+  const T* a_src[kCopies];  // dg element of this copy in the split's row 0
+  int64_t t_at[kCopies], b_at[kCopies];  // (t, b) of this copy's row in the next chunk
+#pragma unroll
+  for (int j = 0; j < kCopies; ++j) {
+    const int i = threadIdx.x + j * kThreads;
+    kk[j] = i / (kTile / kE);
+    col[j] = i % (kTile / kE) * kE;
+    const int64_t m = m0 + col[j];
+    a_ok[j] = m < M;
+    b_ok[j] = j0 + col[j] < D;
+    a_src[j] = dg + (kk[j] * gates_b + (a_ok[j] ? m / D : 0)) * ND + n * D + m % D;
+    t_at[j] = (first + kk[j]) % steps;
+    b_at[j] = (first + kk[j]) / steps;
+  }
+  auto load_chunk = [&](int buf, int64_t r0) {  // rows [r0, r0 + kChunk) of the split
+#pragma unroll
+    for (int j = 0; j < kCopies; ++j) {
+      const bool row_ok = r0 + kk[j] < rows, ra = row_ok && a_ok[j], rb = row_ok && b_ok[j];
+      const T* sa = ra ? a_src[j] + r0 * gates_b * ND : dg;
+      const T* sb = rb ? h + (t_at[j] * batch + b_at[j]) * ND + n * D + j0 + col[j] : h;
+      cp_async_16(&a_s[buf][kk[j]][col[j]], sa, ra);
+      cp_async_16(&b_s[buf][kk[j]][col[j]], sb, rb);
+      for (t_at[j] += kChunk; t_at[j] >= steps; t_at[j] -= steps) ++b_at[j];
     }
   };
 
   float acc[2][4][4] = {};
   const int64_t chunks = (rows + kChunk - 1) / kChunk;
-  load_chunk(0, 0);
-  cp_async_commit();
-  for (int64_t c = 0; c < chunks; ++c) {
-    if (c + 1 < chunks) load_chunk((c + 1) & 1, (c + 1) * kChunk);
+  for (int s = 0; s < kStages - 1; ++s) {
+    if (s < chunks) load_chunk(s, s * kChunk);
     cp_async_commit();
-    cp_async_wait<1>();
+  }
+  for (int64_t c = 0; c < chunks; ++c) {
+    // Chunk c + kStages - 1 goes to the buffer chunk c - 1 used (freed by the barrier below).
+    if (c + kStages - 1 < chunks) load_chunk(int((c + kStages - 1) % kStages), (c + kStages - 1) * kChunk);
+    cp_async_commit();
+    cp_async_wait<kStages - 1>();  // chunk c has arrived
     __syncthreads();
-    const int buf = c & 1;
+    const int buf = int(c % kStages);
     float part[2][4][4] = {};
     if constexpr (std::is_same_v<T, float>) {
 #pragma unroll

@@ -98,24 +98,23 @@ def test_refusals_say_why():
 
 
 def test_fused_backward_scratch_for_split_dr_is_bounded():
-    # csrc/kernels/weight_grad/sizes.h: dR is split over the T * B rows only when there are few
-    # dR tiles, into >= 2 fixed row ranges of >= 1024 rows; their fp32 partials stay under
-    # 512 tiles of 64 x 64 (8 MB) and sit after the db partials in the backward's workspace.
+    # csrc/kernels/weight_grad/sizes.h: dR (and db with it) is split over the T * B rows only when
+    # there are few dR tiles, into >= 2 fixed row ranges of >= 1024 rows; their fp32 partials
+    # (db's, then dR's) stay under 512 tiles of 64 x 64 for dR (8 MB) and are the whole scratch.
     C = _core._C
     seen_split = seen_single = False
     for function, dtype, B, T, N, D in itertools.product(
             CELLS, (torch.bfloat16, torch.float32), (1, 16, 256), (1, 7, 1024), (1, 12, 48), (16, 64, 128)):
         spec = CELLS[function]
         rows = T * B
-        bias = min(max(rows // 256, 1), 64) * spec.gates_b * N * D
         total = C.backward_workspace_floats(KERNEL_FAMILIES["fused"], spec.code, DTYPE_CODES[dtype], B, T, N, D)
-        r_part, per_split = total - bias, spec.gates_r * N * D * D
+        per_split = spec.gates_b * N * D + spec.gates_r * N * D * D
         where = (function, dtype, B, T, N, D)
-        assert 0 <= r_part <= 512 * 64 * 64, where
-        assert r_part % per_split == 0, where
-        splits = r_part // per_split
+        assert total % per_split == 0, where
+        splits = total // per_split
+        assert splits * spec.gates_r * N * D * D <= 512 * 64 * 64, where
         if rows < 2048:
-            assert splits == 0, where  # one range: dR written directly, no partials
+            assert splits == 0, where  # one range: dR and db written directly, no partials
         assert splits == 0 or 2 <= splits <= rows // 1024, where
         seen_split |= splits >= 2
         seen_single |= splits == 0 and rows >= 2048

@@ -3,12 +3,6 @@
 #include <cstdint>
 
 namespace flashrnn::weight_grad {
-// Rows of the db partial sums: enough parts to fill the GPU, each a few hundred rows.
-inline int64_t bias_parts(int64_t rows) {
-  const int64_t parts = rows / 256;
-  return parts < 1 ? 1 : (parts > 64 ? 64 : parts);
-}
-
 constexpr int kTile = 64;          // dR tile (kTile x kTile outputs per CTA)
 constexpr int64_t kTargetCtas = 512;  // about four waves of dR tiles on an H100
 
@@ -25,13 +19,9 @@ inline int64_t r_splits(int64_t rows, int gates_r, int64_t heads, int64_t head_d
   if (s > rows / 1024) s = rows / 1024;
   return s < 1 ? 1 : s;
 }
-// Floats of weight-gradient scratch: db partials, then the dR partials (if split).
-inline int64_t bias_scratch_floats(int64_t rows, int gates_b, int64_t heads, int64_t head_dim) {
-  return bias_parts(rows) * gates_b * heads * head_dim;
-}
+// Floats of weight-gradient scratch: with a split K, the db partials, then the dR partials.
 inline int64_t scratch_floats(int64_t rows, int gates_r, int gates_b, int64_t heads, int64_t head_dim) {
   const int64_t splits = r_splits(rows, gates_r, heads, head_dim);
-  const int64_t r_part = splits > 1 ? splits * gates_r * heads * head_dim * head_dim : 0;
-  return bias_scratch_floats(rows, gates_b, heads, head_dim) + r_part;
+  return splits > 1 ? splits * (gates_b + gates_r * head_dim) * heads * head_dim : 0;
 }
 }  // namespace flashrnn::weight_grad

@@ -12,7 +12,9 @@
 // Each chunk's products are summed on the tensor cores, then added to the running sum in
 // fp32 FADDs: tensor-core accumulation truncates, and over K = 262144 rows that alone cost
 // 2e-3 relative error in fp32 (measured, H100); two levels bring it to ~1e-6.
-// db is a column sum in two passes: fixed row ranges into fp32 partials, then their sum.
+// db rides along: the CTAs of the first column tile (j0 = 0) also multiply their dg chunks by a
+// column of ones on the tensor cores (two-level sums like dR), so dg is read once for both; the
+// grid's M tiles cover all Gb gates (GRU's gate without R only has those sums).
 #pragma once
 
 #include <type_traits>
@@ -26,15 +28,20 @@ namespace flashrnn {
 
 namespace weight_grad {
 constexpr int kChunk = 32, kThreads = 128;
+// CTAs per SM the register budget must allow (16-bit types): the kernel waits on memory chunk by
+// chunk, and with the db products ptxas took 156 registers, 3 CTAs per SM (128 x 6: 151 us; with
+// 4, 120 us and a few spilled registers). fp32 is left unbounded: capped, it spills 572 bytes.
+template <class T>
+constexpr int kMinCtas = sizeof(T) == 2 ? 4 : 1;
 }  // namespace weight_grad
 
-// Rows [split * rows_per_split, ...) of K; with one split dR goes to `dr` (dtype), else the fp32
-// partial sums to r_part[split][Gr][N][D][D].
+// Rows [split * rows_per_split, ...) of K; with one split dR and db go to `dr` and `db` (dtype),
+// else their fp32 partial sums to r_part[split][Gr][N][D][D] and b_part[split][Gb][N][D].
 template <class T>
-__global__ void __launch_bounds__(weight_grad::kThreads)
-    weight_grad_r_kernel(const T* __restrict__ dg, const T* __restrict__ h, T* __restrict__ dr,
-                         float* __restrict__ r_part, int64_t steps, int64_t batch, int64_t rows_per_split,
-                         int64_t N, int64_t D, int gates_r, int gates_b, bool tf32) {
+__global__ void __launch_bounds__(weight_grad::kThreads, weight_grad::kMinCtas<T>)
+    weight_grad_kernel(const T* __restrict__ dg, const T* __restrict__ h, T* __restrict__ dr, T* __restrict__ db,
+                       float* __restrict__ r_part, float* __restrict__ b_part, int64_t steps, int64_t batch,
+                       int64_t rows_per_split, int64_t N, int64_t D, int gates_r, int gates_b, bool tf32) {
   using namespace weight_grad;
   constexpr int kPad = 8;  // row = 64 + 8 elements: ldmatrix / scalar reads without bank conflicts
   constexpr int kRow = kTile + kPad;
@@ -49,12 +56,17 @@ __global__ void __launch_bounds__(weight_grad::kThreads)
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
   const int64_t n = blockIdx.z % N, split = blockIdx.z / N;
   const int64_t m0 = int64_t(blockIdx.x) * kTile, j0 = int64_t(blockIdx.y) * kTile;
-  const int64_t M = int64_t(gates_r) * D, ND = N * D;
+  const int64_t M = int64_t(gates_r) * D, Mb = int64_t(gates_b) * D, ND = N * D;
+  const bool has_r = m0 < M, sums_db = blockIdx.y == 0;  // uniform over the CTA
+  if (!has_r && !sums_db) return;
+  // db = dg^T 1: in the first column tile, the warps of column half 0 multiply their A fragments
+  // by a ones B fragment too (the fragments are loaded for dR anyway).
   // This split's rows of dg, shifted to start at 0; h row of dg row r: t * B + b.
   const int64_t all_rows = steps * batch, first = split * rows_per_split;
   const int64_t rows = first + rows_per_split < all_rows ? rows_per_split : all_rows - first;
   dg += first * gates_b * ND;
   const int wm = warp / 2 * 32, wn = warp % 2 * 32;  // this warp's 32 x 32 corner
+  const bool db_warp = sums_db && wn == 0;
 
   // Each thread's 16-byte copies are at the same row kk of every chunk and the same columns.
   // Chunks are loaded in order, kChunk rows apart: dg moves kChunk rows; the h row of dg row
@@ -71,8 +83,8 @@ __global__ void __launch_bounds__(weight_grad::kThreads)
     kk[j] = i / (kTile / kE);
     col[j] = i % (kTile / kE) * kE;
     const int64_t m = m0 + col[j];
-    a_ok[j] = m < M;
-    b_ok[j] = j0 + col[j] < D;
+    a_ok[j] = m < Mb;
+    b_ok[j] = has_r && j0 + col[j] < D;
     a_src[j] = dg + (kk[j] * gates_b + (a_ok[j] ? m / D : 0)) * ND + n * D + m % D;
     t_at[j] = (first + kk[j]) % steps;
     b_at[j] = (first + kk[j]) / steps;
@@ -89,7 +101,7 @@ __global__ void __launch_bounds__(weight_grad::kThreads)
     }
   };
 
-  float acc[2][4][4] = {};
+  float acc[2][4][4] = {}, acc_db[2][4] = {};
   const int64_t chunks = (rows + kChunk - 1) / kChunk;
   for (int s = 0; s < kStages - 1; ++s) {
     if (s < chunks) load_chunk(s, s * kChunk);
@@ -102,7 +114,7 @@ __global__ void __launch_bounds__(weight_grad::kThreads)
     cp_async_wait<kStages - 1>();  // chunk c has arrived
     __syncthreads();
     const int buf = int(c % kStages);
-    float part[2][4][4] = {};
+    float part[2][4][4] = {}, part_db[2][4] = {};
     if constexpr (std::is_same_v<T, float>) {
 #pragma unroll
       for (int k0 = 0; k0 < kChunk; k0 += 8) {
@@ -115,6 +127,12 @@ __global__ void __launch_bounds__(weight_grad::kThreads)
           a[mt][2] = __float_as_uint(a_s[buf][k0 + q + 4][m]);
           a[mt][3] = __float_as_uint(a_s[buf][k0 + q + 4][m + 8]);
         }
+        if (db_warp) {
+          const uint32_t ones[2] = {__float_as_uint(1.f), __float_as_uint(1.f)};
+#pragma unroll
+          for (int mt = 0; mt < 2; ++mt) Mma<float>::mma(part_db[mt], a[mt], ones, tf32);
+        }
+        if (!has_r) continue;
 #pragma unroll
         for (int nt = 0; nt < 4; ++nt) {
           b[nt][0] = __float_as_uint(b_s[buf][k0 + q][wn + nt * 8 + g]);
@@ -132,6 +150,12 @@ __global__ void __launch_bounds__(weight_grad::kThreads)
 #pragma unroll
         for (int mt = 0; mt < 2; ++mt)
           ldmatrix_x4_trans(a[mt], &a_s[buf][k0 + (lane >> 4) * 8 + (lane & 7)][wm + mt * 16 + (lane >> 3 & 1) * 8]);
+        if (db_warp) {
+          const uint32_t one = Mma<T>::pack(from_float<T>(1.f), from_float<T>(1.f)), ones[2] = {one, one};
+#pragma unroll
+          for (int mt = 0; mt < 2; ++mt) Mma<T>::mma(part_db[mt], a[mt], ones, tf32);
+        }
+        if (!has_r) continue;
 #pragma unroll
         for (int np = 0; np < 2; ++np) {
           uint32_t r4[4];
@@ -146,15 +170,31 @@ __global__ void __launch_bounds__(weight_grad::kThreads)
       }
     }
 #pragma unroll
-    for (int mt = 0; mt < 2; ++mt)
+    for (int mt = 0; mt < 2; ++mt) {
 #pragma unroll
       for (int nt = 0; nt < 4; ++nt)
 #pragma unroll
         for (int e = 0; e < 4; ++e) acc[mt][nt][e] += part[mt][nt][e];
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc_db[mt][e] += part_db[mt][e];
+    }
     __syncthreads();  // the next iteration refills the buffer just read
   }
   cp_async_wait<0>();
 
+  if (db_warp && q == 0) {  // every column of the ones product holds the row sum; lanes q = 0 write column 0
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int64_t m = m0 + wm + mt * 16 + g + 8 * half;
+        if (m >= Mb) continue;
+        const int64_t at = (m / D * N + n) * D + m % D;
+        if (b_part == nullptr) db[at] = from_float<T>(acc_db[mt][2 * half]);
+        else b_part[split * gates_b * ND + at] = acc_db[mt][2 * half];
+      }
+  }
+  if (!has_r) return;
 #pragma unroll
   for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
@@ -176,24 +216,7 @@ __global__ void __launch_bounds__(weight_grad::kThreads)
     }
 }
 
-template <class T>
-__global__ void bias_grad_partial_kernel(const T* __restrict__ dg, float* __restrict__ partial,
-                                         int64_t rows, int64_t cols, int64_t rows_per_part) {
-  const int64_t col = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (col >= cols) return;
-  const int64_t r_begin = blockIdx.y * rows_per_part;
-  const int64_t r_end = r_begin + rows_per_part < rows ? r_begin + rows_per_part : rows;
-  float s[4] = {};
-  int64_t r = r_begin;
-  for (; r + 4 <= r_end; r += 4)
-#pragma unroll
-    for (int i = 0; i < 4; ++i) s[i] += to_float(dg[(r + i) * cols + col]);
-  for (; r < r_end; ++r) s[0] += to_float(dg[r * cols + col]);
-  partial[blockIdx.y * cols + col] = (s[0] + s[1]) + (s[2] + s[3]);
-}
-
-// out[c] = sum over p (in order) of partial[p][c]: db from its row-range partials, dR from its
-// K-split partials.
+// out[c] = sum over p (in order) of partial[p][c]: dR and db from their K-split partials.
 template <class T>
 __global__ void sum_partials_kernel(const float* __restrict__ partial, T* __restrict__ out,
                                     int64_t parts, int64_t cols) {
@@ -210,29 +233,23 @@ template <class T>
 void launch_weight_grad(const BackwardParams& p, int gates_r, int gates_b, float* partials, cudaStream_t stream) {
   using namespace weight_grad;
   const int64_t rows = p.steps * p.batch, D = p.head_dim, N = p.heads;
-  const T* dg = static_cast<const T*>(p.dg);
   const int64_t splits = r_splits(rows, gates_r, N, D), per_split = (rows + splits - 1) / splits;
-  float* r_part = splits > 1 ? partials + bias_scratch_floats(rows, gates_b, N, D) : nullptr;
-  const dim3 grid(unsigned((gates_r * D + kTile - 1) / kTile), unsigned((D + kTile - 1) / kTile), unsigned(N * splits));
-  weight_grad_r_kernel<T><<<grid, kThreads, 0, stream>>>(dg, static_cast<const T*>(p.states), static_cast<T*>(p.dr),
-                                                          r_part, p.steps, p.batch, per_split, N, D, gates_r, gates_b,
-                                                          p.allow_tf32);
-  FLASHRNN_CHECK_LAUNCH("weight_grad_r_kernel");
+  float* b_part = splits > 1 ? partials : nullptr;
+  float* r_part = splits > 1 ? partials + splits * gates_b * N * D : nullptr;
+  const dim3 grid(unsigned((gates_b * D + kTile - 1) / kTile), unsigned((D + kTile - 1) / kTile), unsigned(N * splits));
+  weight_grad_kernel<T><<<grid, kThreads, 0, stream>>>(
+      static_cast<const T*>(p.dg), static_cast<const T*>(p.states), static_cast<T*>(p.dr), static_cast<T*>(p.dbias),
+      r_part, b_part, p.steps, p.batch, per_split, N, D, gates_r, gates_b, p.allow_tf32);
+  FLASHRNN_CHECK_LAUNCH("weight_grad_kernel");
   if (splits > 1) {
-    const int64_t elems = gates_r * N * D * D;
-    sum_partials_kernel<T><<<unsigned((elems + 255) / 256), 256, 0, stream>>>(r_part, static_cast<T*>(p.dr),
-                                                                             splits, elems);
+    const int64_t r_elems = gates_r * N * D * D, b_elems = gates_b * N * D;
+    sum_partials_kernel<T><<<unsigned((r_elems + 255) / 256), 256, 0, stream>>>(r_part, static_cast<T*>(p.dr),
+                                                                               splits, r_elems);
     FLASHRNN_CHECK_LAUNCH("sum_partials_kernel (dR)");
+    sum_partials_kernel<T><<<unsigned((b_elems + 255) / 256), 256, 0, stream>>>(b_part, static_cast<T*>(p.dbias),
+                                                                               splits, b_elems);
+    FLASHRNN_CHECK_LAUNCH("sum_partials_kernel (db)");
   }
-
-  const int64_t cols = gates_b * N * D, parts = bias_parts(rows);
-  const int64_t per_part = (rows + parts - 1) / parts;
-  const dim3 pgrid(unsigned((cols + 127) / 128), unsigned(parts));
-  bias_grad_partial_kernel<T><<<pgrid, 128, 0, stream>>>(dg, partials, rows, cols, per_part);
-  FLASHRNN_CHECK_LAUNCH("bias_grad_partial_kernel");
-  sum_partials_kernel<T><<<unsigned((cols + 127) / 128), 128, 0, stream>>>(
-      partials, static_cast<T*>(p.dbias), parts, cols);
-  FLASHRNN_CHECK_LAUNCH("sum_partials_kernel (db)");
 }
 
 }  // namespace flashrnn

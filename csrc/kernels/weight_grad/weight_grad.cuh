@@ -6,9 +6,9 @@
 //                                                                 h = states[0, 0..T-1] (the h_{t-1})
 //
 // dR is a per-head GEMM (M = Gr * D, N = D, K = T * B) on tensor cores: 64 x 64 tiles, 4 warps
-// of 32 x 32, K in chunks of 32 rows in a cp.async ring (3 chunks ahead; fp32 1); fp32 runs as 3xTF32. Small
-// heads have few tiles, so K is split (sizes.h r_splits) into fixed row ranges whose fp32
-// partial sums a second kernel adds in split order.
+// of 32 x 32, K in chunks of 32 rows in a cp.async ring (3 chunks ahead, fp32 1); fp32 runs as
+// 3xTF32. Small heads have few tiles, so K is split (sizes.h r_splits) into fixed row ranges
+// whose fp32 partial sums a second kernel adds in split order.
 // Each chunk's products are summed on the tensor cores, then added to the running sum in
 // fp32 FADDs: tensor-core accumulation truncates, and over K = 262144 rows that alone cost
 // 2e-3 relative error in fp32 (measured, H100); two levels bring it to ~1e-6.
@@ -86,8 +86,8 @@ __global__ void __launch_bounds__(weight_grad::kThreads, weight_grad::kMinCtas<T
     a_ok[j] = m < Mb;
     b_ok[j] = has_r && j0 + col[j] < D;
     a_src[j] = dg + (kk[j] * gates_b + (a_ok[j] ? m / D : 0)) * ND + n * D + m % D;
-    t_at[j] = (first + kk[j]) % steps;
-    b_at[j] = (first + kk[j]) / steps;
+    t_at[j] = steps > 0 ? (first + kk[j]) % steps : 0;  // T = 0: no rows, dR = db = 0
+    b_at[j] = steps > 0 ? (first + kk[j]) / steps : 0;
   }
   auto load_chunk = [&](int buf, int64_t r0) {  // rows [r0, r0 + kChunk) of the split
 #pragma unroll

@@ -59,13 +59,13 @@ __global__ void __launch_bounds__(weight_grad::kThreads, weight_grad::kMinCtas<T
   const int64_t M = int64_t(gates_r) * D, Mb = int64_t(gates_b) * D, ND = N * D;
   const bool has_r = m0 < M, sums_db = blockIdx.y == 0;  // uniform over the CTA
   if (!has_r && !sums_db) return;
-  // db = dg^T 1: in the first column tile, the warps of column half 0 multiply their A fragments
-  // by a ones B fragment too (the fragments are loaded for dR anyway).
   // This split's rows of dg, shifted to start at 0; h row of dg row r: t * B + b.
   const int64_t all_rows = steps * batch, first = split * rows_per_split;
   const int64_t rows = first + rows_per_split < all_rows ? rows_per_split : all_rows - first;
   dg += first * gates_b * ND;
   const int wm = warp / 2 * 32, wn = warp % 2 * 32;  // this warp's 32 x 32 corner
+  // db = dg^T 1: in the first column tile, the warps of column half 0 multiply their A fragments
+  // by a ones B fragment too (the fragments are loaded for dR anyway).
   const bool db_warp = sums_db && wn == 0;
 
   // Each thread's 16-byte copies are at the same row kk of every chunk and the same columns.
@@ -182,25 +182,18 @@ __global__ void __launch_bounds__(weight_grad::kThreads, weight_grad::kMinCtas<T
   }
   cp_async_wait<0>();
 
-  if (db_warp && q == 0) {  // every column of the ones product holds the row sum; lanes q = 0 write column 0
-#pragma unroll
-    for (int mt = 0; mt < 2; ++mt)
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const int64_t m = m0 + wm + mt * 16 + g + 8 * half;
-        if (m >= Mb) continue;
-        const int64_t at = (m / D * N + n) * D + m % D;
-        if (b_part == nullptr) db[at] = from_float<T>(acc_db[mt][2 * half]);
-        else b_part[split * gates_b * ND + at] = acc_db[mt][2 * half];
-      }
-  }
-  if (!has_r) return;
+  // Every column of the ones product holds the row sum: lanes q = 0 write db from column 0.
 #pragma unroll
   for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       const int64_t m = m0 + wm + mt * 16 + g + 8 * half;
-      if (m >= M) continue;
+      if (db_warp && q == 0 && m < Mb) {
+        const int64_t at = (m / D * N + n) * D + m % D;
+        if (b_part == nullptr) db[at] = from_float<T>(acc_db[mt][2 * half]);
+        else b_part[split * gates_b * ND + at] = acc_db[mt][2 * half];
+      }
+      if (m >= M) continue;  // also every row of an M tile without R (GRU's last gate)
       const int64_t at = ((m / D) * N + n) * D * D + (m % D) * D;
 #pragma unroll
       for (int nt = 0; nt < 4; ++nt) {

@@ -44,6 +44,18 @@ __device__ __forceinline__ void load_pair(const T* p, float& a, float& b) {
   b = to_float(v.y);
 }
 
+// The same as load_pair in two halves: the load now, the conversion where the values are used, so
+// that a load issued a step ahead does not stall the thread right away.
+template <class T>
+__device__ __forceinline__ typename Pair<T>::type load_pair_raw(const T* p) {
+  return *reinterpret_cast<const typename Pair<T>::type*>(p);
+}
+template <class V>
+__device__ __forceinline__ void unpack_pair(const V& v, float& a, float& b) {
+  a = to_float(v.x);
+  b = to_float(v.y);
+}
+
 template <class T>
 __device__ __forceinline__ void store_pair(T* p, float a, float b) {
   typename Pair<T>::type v;
@@ -278,6 +290,11 @@ __device__ __forceinline__ uint64_t ld_relaxed_gpu(const uint64_t* p) {
 }
 __device__ __forceinline__ void st_relaxed_gpu(uint64_t* p, uint64_t v) {
   asm volatile("st.relaxed.gpu.global.b64 [%0], %1;" ::"l"(p), "l"(v) : "memory");
+}
+__device__ __forceinline__ unsigned ld_relaxed_gpu(const unsigned* p) {
+  unsigned v;
+  asm volatile("ld.relaxed.gpu.global.b32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+  return v;
 }
 __device__ __forceinline__ unsigned ld_acquire_gpu(const unsigned* p) {
   unsigned v;

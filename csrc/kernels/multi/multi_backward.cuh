@@ -75,51 +75,57 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
     const unsigned want = unsigned(steps - s + 1);
     for (int i = tid; i < plan.slices; i += kThreads) {
       long long tries = 0;
-      while (ld_acquire_gpu(group_flags + i) < want) {
+      while (ld_relaxed_gpu(group_flags + i) < want) {  // relaxed: no L1 invalidation per poll
         if (++tries > multi::kMaxPolls) __trap();
         __nanosleep(32);
       }
+      ld_acquire_gpu(group_flags + i);  // one acquire orders the reads below after the flag
     }
     __syncthreads();  // every CTA's dg_s is visible to the whole CTA
     const int mt = warp % mt_count, kg = warp / mt_count;
     const uint32_t a_src = smem_addr(stage + (mt * 16 + (lane & 15)) * plan.a_row) + (lane >> 4) * 16;
     const T* dg_s = dg_out + (b0 * steps + s - 1) * kGb * ND + n * D;  // dg is [B, T, Gb, N, D]
     const int copies_per_gate = int(D * int64_t(sizeof(T)) / 16);
+    // Copies: thread -> (row, piece); threads_per_row threads walk a row's gates piece by piece.
+    const int threads_per_row = kThreads / rows, crow = tid / threads_per_row, cpiece = tid % threads_per_row;
     float acc[kChains][4] = {};
     for (int k0 = 0; k0 < kGr; k0 += plan.gates_per_chunk) {
       const int gates = plan.gates_per_chunk < kGr - k0 ? plan.gates_per_chunk : kGr - k0;
-      // 16-byte copies; copy i is (row, gate k, piece c), advanced incrementally (no divisions).
-      const int per_row = gates * copies_per_gate, copies = valid_rows * per_row;
-      int row = tid / per_row, k = tid % per_row / copies_per_gate, c = tid % copies_per_gate;
-      for (int i = tid; i < copies; i += kThreads) {
-        cp_async_16(stage + row * plan.a_row + (int64_t(k) * D * sizeof(T)) + c * 16,
-                    dg_s + (row * steps * kGb + k0 + k) * ND + c * (16 / int(sizeof(T))), true);
-        for (c += kThreads; c >= copies_per_gate; c -= copies_per_gate)
-          if (++k == gates) {
-            k = 0;
-            ++row;
-          }
-      }
+      if (crow < valid_rows)
+        for (int k = 0; k < gates; ++k)
+          for (int c = cpiece; c < copies_per_gate; c += threads_per_row)
+            cp_async_16(stage + crow * plan.a_row + (int64_t(k) * D * sizeof(T)) + c * 16,
+                        dg_s + (crow * steps * kGb + k0 + k) * ND + c * (16 / int(sizeof(T))), true);
       cp_async_commit();
       cp_async_wait<0>();
       __syncthreads();  // the chunk is staged
       const int ks0 = int(k0 * D / M::kK), count = int(gates * D / M::kK);
-      for (int j0 = kg; j0 < count; j0 += kChains * k_groups) {
+      auto multiply = [&](auto&& fragment) {
+        for (int j0 = kg; j0 < count; j0 += kChains * k_groups) {
 #pragma unroll
-        for (int c = 0; c < kChains; ++c) {
-          const int j = j0 + c * k_groups, ks = ks0 + j;
-          if (j >= count) break;
-          uint32_t a[4], f[2];
-          ldmatrix_x4(a, a_src + j * 32);
-          if (ks < plan.resident) {
-            const uint2 v = rs[ks * 32 + lane];
-            f[0] = v.x;
-            f[1] = v.y;
-          } else {
-            r_fragment(ks, f);
+          for (int c = 0; c < kChains; ++c) {
+            const int j = j0 + c * k_groups;
+            if (j >= count) break;
+            uint32_t a[4], f[2];
+            ldmatrix_x4(a, a_src + j * 32);
+            fragment(ks0 + j, f);
+            M::mma(acc[c], a, f, p.allow_tf32);
           }
-          M::mma(acc[c], a, f, p.allow_tf32);
         }
+      };
+      auto resident = [&](int ks, uint32_t (&f)[2]) {
+        const uint2 v = rs[ks * 32 + lane];
+        f[0] = v.x;
+        f[1] = v.y;
+      };
+      // A chunk held in shared memory gets a loop without the L2 path's address arithmetic.
+      if (ks0 + count <= plan.resident) {
+        multiply(resident);
+      } else {
+        multiply([&](int ks, uint32_t (&f)[2]) {
+          if (ks < plan.resident) resident(ks, f);
+          else r_fragment(ks, f);
+        });
       }
       __syncthreads();  // the chunk is consumed
     }
@@ -134,7 +140,9 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
           make_float2(sum[2 * h], sum[2 * h + 1]);
     __syncthreads();  // partial sums complete
     rec[0] = rec[1] = 0.f;
-    for (int j = 0; j < k_groups; ++j) {
+#pragma unroll
+    for (int j = 0; j < multi::kWarps; ++j) {  // all loads issued together
+      if (j >= k_groups) break;
       const float2 v = *reinterpret_cast<const float2*>(red + (j * rows + prow) * multi::kUnits + 2 * pair);
       rec[0] += v.x;
       rec[1] += v.y;
@@ -148,15 +156,17 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
 
   // This thread's inputs of step t, loaded a step ahead: saved[t-1], states[:, t-1], grad_states[:, t].
   const int64_t at = pb * ND + n * D + unit;
-  float st[2][kS], dsc[2][kS], nsv[kSaved][2], nsp[kS][2], ngs[kS][2];
+  // (Loaded raw and converted when used, so the loads do not stall the thread until then.)
+  float st[2][kS], dsc[2][kS];
+  typename Pair<T>::type nsv[kSaved], nsp[kS], ngs[kS];
   auto load_step = [&](int64_t t) {
 #pragma unroll
     for (int k = 0; k < kSaved; ++k)
-      load_pair(saved + (t - 1) * kSaved * step_stride + pb * kSaved * ND + k * ND + n * D + unit, nsv[k][0], nsv[k][1]);
+      nsv[k] = load_pair_raw(saved + (t - 1) * kSaved * step_stride + pb * kSaved * ND + k * ND + n * D + unit);
 #pragma unroll
     for (int s = 0; s < kS; ++s) {
-      load_pair(states + s * state_stride + (t - 1) * step_stride + at, nsp[s][0], nsp[s][1]);
-      load_pair(grad + s * state_stride + t * step_stride + at, ngs[s][0], ngs[s][1]);
+      nsp[s] = load_pair_raw(states + s * state_stride + (t - 1) * step_stride + at);
+      ngs[s] = load_pair_raw(grad + s * state_stride + t * step_stride + at);
     }
   };
   if (pw) {
@@ -174,14 +184,11 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
     if (pw) {
       float sv[kSaved][2], sp[kS][2], gs[kS][2];
 #pragma unroll
-      for (int u = 0; u < 2; ++u) {
+      for (int k = 0; k < kSaved; ++k) unpack_pair(nsv[k], sv[k][0], sv[k][1]);
 #pragma unroll
-        for (int k = 0; k < kSaved; ++k) sv[k][u] = nsv[k][u];
-#pragma unroll
-        for (int s = 0; s < kS; ++s) {
-          sp[s][u] = nsp[s][u];
-          gs[s][u] = ngs[s][u];
-        }
+      for (int s = 0; s < kS; ++s) {
+        unpack_pair(nsp[s], sp[s][0], sp[s][1]);
+        unpack_pair(ngs[s], gs[s][0], gs[s][1]);
       }
       if (t > 1) load_step(t - 1);
       float dg[2][kGb];

@@ -81,7 +81,8 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
   const int prow = tid / 4, pair = tid % 4;
   const int64_t pb = b0 + prow, unit = u0 + 2 * pair;
   const bool pw = prow < valid_rows;
-  float bb[kGb][2] = {}, st[2][kS] = {}, wxn[kGw][2] = {};
+  float bb[kGb][2] = {}, st[2][kS] = {};
+  typename Pair<T>::type wxn[kGw];  // Wx of the next step, loaded a step ahead (converted when used)
   T* out_states = states + pb * ND + n * D + unit;
   T* out_saved = saved == nullptr ? nullptr : saved + pb * kSaved * ND + n * D + unit;
   const T* wx_row = wx + pb * p.wx_stride_b + n * D + unit;
@@ -97,7 +98,7 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
   };
   auto load_wx = [&](int64_t t) {
 #pragma unroll
-    for (int k = 0; k < kGw; ++k) load_pair(wx_row + t * p.wx_stride_t + k * ND, wxn[k][0], wxn[k][1]);
+    for (int k = 0; k < kGw; ++k) wxn[k] = load_pair_raw(wx_row + t * p.wx_stride_t + k * ND);
   };
   if (pw) {
 #pragma unroll
@@ -145,20 +146,28 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
     }
     __syncthreads();  // hs holds h_{t-1}; red is free (the last step's pointwise reads are done)
 
+    // The k-steps whose R fragments sit in shared memory, then those read from L2 (two loops,
+    // so that the resident one carries no address arithmetic of the other).
     float acc[kGr][4] = {};
-    for (int ks = kg; ks < ksteps; ks += k_groups) {
+    const int resident_end = plan.resident < ksteps ? plan.resident : ksteps;
+    int ks = kg;
+    for (; ks < resident_end; ks += k_groups) {
+      uint32_t a[4];
+      ldmatrix_x4(a, a_src + ks * 32);
+#pragma unroll
+      for (int k = 0; k < kGr; ++k) {
+        const uint2 v = rs[(ks * kGr + k) * 32 + lane];
+        const uint32_t f[2] = {v.x, v.y};
+        M::mma(acc[k], a, f, p.allow_tf32);
+      }
+    }
+    for (; ks < ksteps; ks += k_groups) {
       uint32_t a[4];
       ldmatrix_x4(a, a_src + ks * 32);
 #pragma unroll
       for (int k = 0; k < kGr; ++k) {
         uint32_t f[2];
-        if (ks < plan.resident) {
-          const uint2 v = rs[(ks * kGr + k) * 32 + lane];
-          f[0] = v.x;
-          f[1] = v.y;
-        } else {
-          r_fragment(ks, k, f);
-        }
+        r_fragment(ks, k, f);
         M::mma(acc[k], a, f, p.allow_tf32);
       }
     }
@@ -173,9 +182,12 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
     if (!pw) continue;
     float2 rh_pair[kGr];  // R h_{t-1} at this thread's two units, summed over the k-groups
 #pragma unroll
-    for (int k = 0; k < kGr; ++k) {
-      rh_pair[k] = make_float2(0.f, 0.f);
-      for (int j = 0; j < k_groups; ++j) {
+    for (int k = 0; k < kGr; ++k) rh_pair[k] = make_float2(0.f, 0.f);
+#pragma unroll
+    for (int j = 0; j < multi::kWarps; ++j) {  // all loads issued together
+      if (j >= k_groups) break;
+#pragma unroll
+      for (int k = 0; k < kGr; ++k) {
         const float2 v = *reinterpret_cast<const float2*>(red + (j * rows + prow) * kRed + k * 8 + 2 * pair);
         rh_pair[k].x += v.x;
         rh_pair[k].y += v.y;
@@ -189,7 +201,11 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
 #pragma unroll
       for (int k = 0; k < kGr; ++k) rh[k] = u == 0 ? rh_pair[k].x : rh_pair[k].y;
 #pragma unroll
-      for (int k = 0; k < kGw; ++k) wu[k] = wxn[k][u];
+      for (int k = 0; k < kGw; ++k) {
+        float w2[2];
+        unpack_pair(wxn[k], w2[0], w2[1]);
+        wu[k] = w2[u];
+      }
 #pragma unroll
       for (int k = 0; k < kGb; ++k) bu[k] = bb[k][u];
       Cell::template forward<Math>(rh, wu, bu, st[u], sv[u]);

@@ -11,7 +11,7 @@
 //   states  [S, T+1, B, N, D]  states[:, 0] is the initial state (filled by the caller),
 //                              states[:, t] the state after step t
 //   saved   [T, B, K, N, D]    per-step values the backward pass reads (cell-defined)
-//   dg      [T, B, Gb, N, D]   gradient of the gate pre-activations (dWx is a slice of it)
+//   dg      [B, T, Gb, N, D]   gradient of the gate pre-activations (dWx is a slice of it)
 #pragma once
 
 #include <cstdint>
@@ -40,6 +40,7 @@ struct DeviceLimits {
   int smem_per_block = 0;  // opt-in shared memory per block, bytes
   int sm_count = 0;
   int smem_per_sm = 0;     // shared memory per multiprocessor, bytes
+  int cc_major = 0;        // compute capability (9: clusters)
 };
 
 struct BackwardParams {
@@ -48,7 +49,7 @@ struct BackwardParams {
   const void* states = nullptr;       // [S, T+1, B, N, D] from the forward
   const void* saved = nullptr;        // [T, B, K, N, D] from the forward
   const void* grad_states = nullptr;  // [S, T+1, B, N, D] dL/dstates (index 0 is usually 0)
-  void* dg = nullptr;                 // [T, B, Gb, N, D] out
+  void* dg = nullptr;                 // [B, T, Gb, N, D] out
   void* dr = nullptr;                 // [Gr, N, D, D] out
   void* dbias = nullptr;              // [Gb, N, D] out
   void* dstates0 = nullptr;           // [S, B, N, D] out

@@ -305,4 +305,85 @@ __device__ __forceinline__ void st_release_gpu(unsigned* p, unsigned v) {
   asm volatile("st.release.gpu.global.b32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
 }
 
+
+// ---- thread-block clusters (sm_90; the cluster kernels only run there) ----------------------
+// Every thread of every CTA of the cluster arrives and waits (release/acquire at cluster scope).
+__device__ __forceinline__ void cluster_sync() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+#else
+  __trap();
+#endif
+}
+// The address of the same shared-memory location in the cluster's CTA `rank`.
+__device__ __forceinline__ uint32_t peer_smem(uint32_t local, uint32_t rank) {
+  uint32_t remote = 0;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(local), "r"(rank));
+#else
+  __trap();
+#endif
+  return remote;
+}
+// Stores a pair of T values (4 bytes for half types, 8 for fp32) at a peer_smem() address and
+// counts its bytes on the mbarrier at peer_smem() address `remote_bar` of the same CTA (complete_tx,
+// release at cluster scope): the receiver's wait on that barrier sees the data, no fence needed.
+template <class T>
+__device__ __forceinline__ void st_async_pair(uint32_t remote, uint32_t remote_bar, float a, float b) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  if constexpr (sizeof(T) == 4) {
+    asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.v2.f32 [%0], {%1, %2}, [%3];"
+                 ::"r"(remote), "f"(a), "f"(b), "r"(remote_bar) : "memory");
+  } else {
+    typename Pair<T>::type v;
+    v.x = from_float<T>(a);
+    v.y = from_float<T>(b);
+    asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.b32 [%0], %1, [%2];"
+                 ::"r"(remote), "r"(*reinterpret_cast<uint32_t*>(&v)), "r"(remote_bar) : "memory");
+  }
+#else
+  __trap();
+#endif
+}
+
+// mbarriers (sm_90 cluster kernels): one arrival per phase (the local arm below) plus the bytes
+// that peers' st_async_pair() deliver. Bytes may land before the arm (the count goes negative).
+__device__ __forceinline__ void mbar_init(uint64_t* bar) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(smem_addr(bar)) : "memory");
+  asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+#else
+  __trap();
+#endif
+}
+// The local arrival of the current phase, expecting `bytes` more from the peers.
+__device__ __forceinline__ void mbar_arm(uint64_t* bar, unsigned bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("mbarrier.arrive.expect_tx.release.cta.shared::cta.b64 _, [%0], %1;" ::"r"(smem_addr(bar)), "r"(bytes)
+               : "memory");
+#else
+  __trap();
+#endif
+}
+// Waits until the phase with this parity has completed (acquire at cluster scope: the peers'
+// bytes are visible after it). Traps after `max_polls` unsuccessful polls (a broken launch).
+__device__ __forceinline__ void mbar_wait(uint64_t* bar, unsigned parity, long long max_polls) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  for (long long polls = 0;; ++polls) {
+    uint32_t done = 0;
+    asm volatile(
+        "{\n\t.reg .pred p;\n\t"
+        "mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], %2;\n\t"
+        "selp.u32 %0, 1, 0, p;\n\t}"
+        : "=r"(done)
+        : "r"(smem_addr(bar)), "r"(parity)
+        : "memory");
+    if (done) return;
+    if (polls > max_polls) __trap();
+  }
+#else
+  __trap();
+#endif
+}
+
 }  // namespace flashrnn

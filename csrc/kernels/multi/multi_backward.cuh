@@ -18,6 +18,8 @@
 #include "../common/device.cuh"
 #include "../weight_grad/sizes.h"
 #include "../weight_grad/weight_grad.cuh"
+#include "cluster_backward.cuh"
+#include "cluster_launch.h"
 #include "cooperative.cuh"
 
 namespace flashrnn {
@@ -240,8 +242,18 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
 }
 
 // Workspace: the weight-gradient partial sums (weight_grad.cuh), then the progress counters.
+// The cluster variant where it runs (see launch_multi_forward), else the L2 variant; then the
+// weight gradients.
 template <class Cell, class T>
 void launch_multi_backward(const BackwardParams& p, const DeviceLimits& device, cudaStream_t stream) {
+  cluster::Plan cplan;
+  if (cluster::make_plan(cplan, true, Cell::kGatesR, sizeof(T), p.batch, p.heads, p.head_dim,
+                         device.smem_per_block) == nullptr &&
+      cluster::launch_clusters(cluster_backward_kernel<Cell, T>, cplan, device, stream, "cluster_backward_kernel", p,
+                               cplan)) {
+    launch_weight_grad<T>(p, Cell::kGatesR, Cell::kGatesB, p.workspace, stream);
+    return;
+  }
   multi::Plan plan;
   const char* why = multi::make_plan(plan, true, Cell::kGatesR, sizeof(T), p.batch, p.heads, p.head_dim,
                                      device.smem_per_block, device.smem_per_sm, device.sm_count);

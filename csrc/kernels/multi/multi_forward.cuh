@@ -18,6 +18,8 @@
 #include "../../common/params.h"
 #include "../cells/all_cells.cuh"
 #include "../common/device.cuh"
+#include "cluster_forward.cuh"
+#include "cluster_launch.h"
 #include "cooperative.cuh"
 
 namespace flashrnn {
@@ -224,8 +226,16 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
   }
 }
 
+// The cluster variant where it runs (sm_90, the head in at most 16 CTAs of 32 units, R's slice in
+// shared memory), else the L2 variant.
 template <class Cell, class T>
 void launch_multi_forward(const ForwardParams& p, const DeviceLimits& device, cudaStream_t stream) {
+  cluster::Plan cplan;
+  if (cluster::make_plan(cplan, false, Cell::kGatesR, sizeof(T), p.batch, p.heads, p.head_dim,
+                         device.smem_per_block) == nullptr &&
+      cluster::launch_clusters(cluster_forward_kernel<Cell, T>, cplan, device, stream, "cluster_forward_kernel", p,
+                               cplan))
+    return;
   multi::Plan plan;
   const char* why = multi::make_plan(plan, false, Cell::kGatesR, sizeof(T), p.batch, p.heads, p.head_dim,
                                      device.smem_per_block, device.smem_per_sm, device.sm_count);

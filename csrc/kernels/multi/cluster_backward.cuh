@@ -1,0 +1,215 @@
+// Cluster backward (cluster_plan.h, sm_90): CTA (slice, batch group, head) owns 32 units of the
+// head for 16 batch rows and runs the T steps in reverse.
+//
+// Per step t = T..1: the gradient carried into h_t needs (dg_{t+1} R) at this CTA's units, i.e.
+// dg_{t+1} of every unit of the head: each CTA st.asyncs its units' dg (the first Gr gates,
+// rounded to T as the single-CTA kernels multiply it) into the stage (parity t % 2) of every CTA
+// of the cluster, counted by that parity's mbarrier. Warp (k-group, n-group) multiplies the
+// stage at its k-steps by R^T restricted to its 16 units; the k-groups' partial sums meet in
+// shared memory (one CTA barrier); thread (row, unit pair) runs the cell's backward and writes dg
+// (which is also dWx and feeds dR/db, reduced after this kernel by weight_grad.cuh).
+// Reuse: a peer sends dg_{t-2} (into parity t % 2 again) only after it has received dg_{t-1}
+// from this CTA, which sends it after its last read of dg_t. Every CTA waits for dg_1 (the
+// gradient of the initial states), so no peer writes into a CTA that has finished.
+#pragma once
+
+#include "../../common/check.h"
+#include "../../common/params.h"
+#include "../cells/all_cells.cuh"
+#include "../common/device.cuh"
+#include "cluster_plan.h"
+
+namespace flashrnn {
+
+template <class Cell, class T>
+__global__ void __launch_bounds__(cluster::kThreads, 1)
+    cluster_backward_kernel(const BackwardParams p, const cluster::Plan plan) {
+  static_assert(cells::Cell<Cell>, "see cells/elman.cuh for what a cell must define");
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+  __trap();  // clusters need sm_90; the launcher never picks this kernel below it
+#else
+  using M = Mma<T>;
+  using Math = MathFor<T>;
+  constexpr int kGr = Cell::kGatesR, kGb = Cell::kGatesB, kS = Cell::kStates, kSaved = Cell::kSaved;
+  constexpr int kU = cluster::kUnits, kRows = cluster::kRows, kNt = cluster::kNtiles / cluster::kNGroups;
+  constexpr int kChains = 2;  // accumulators per n-tile (alternating k-steps)
+
+  extern __shared__ __align__(128) unsigned char smem[];
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, q = lane % 4;
+  const int64_t B = p.batch, steps = p.steps, N = p.heads, D = p.head_dim, ND = N * D;
+  const int64_t u0 = int64_t(blockIdx.x) * kU, b0 = int64_t(blockIdx.y) * kRows, n = blockIdx.z;
+  const int valid_rows = int(B - b0 < kRows ? B - b0 : kRows);
+  const int ksteps = int(kGr * D / M::kK), parity_bytes = kRows * plan.a_row;
+  const T* r = static_cast<const T*>(p.r);
+  const T* states = static_cast<const T*>(p.states);
+  const T* saved = static_cast<const T*>(p.saved);
+  const T* grad = static_cast<const T*>(p.grad_states);
+  T* dg_out = static_cast<T*>(p.dg);
+  const int64_t step_stride = B * ND, state_stride = (steps + 1) * step_stride;
+
+  unsigned char* stage = smem;  // [parity][row][gate * D + unit], plan.a_row bytes per row
+  float* const red_base = reinterpret_cast<float*>(smem + plan.red_offset);  // [parity][k-group][row][unit]
+  __shared__ uint64_t arrived[2];  // per stage parity: dg of every unit and valid row is in
+  uint2* rs = reinterpret_cast<uint2*>(smem + plan.r_offset);     // [k-step][n-tile][lane]
+
+  // B fragments of R at k-step ks of K = (gate k, output unit i), n-tile j of this CTA's input
+  // units: element (kk, jj) = R[k, n, i0 + kk, u0 + 8 j + jj].
+  if (!p.recurrent_cut) {
+    for (int i = warp; i < ksteps * cluster::kNtiles; i += cluster::kWarps) {
+      const int ks = i / cluster::kNtiles, j = i % cluster::kNtiles;
+      const int64_t kk = int64_t(ks) * M::kK, k = kk / D, i0 = kk % D;
+      uint32_t f[2];
+      M::load_b_kmajor(f, r + ((k * N + n) * D + i0) * D + u0 + 8 * j, D);
+      rs[i * 32 + lane] = make_uint2(f[0], f[1]);
+    }
+  }
+  for (int i = tid; i < 2 * parity_bytes / 4; i += cluster::kThreads) reinterpret_cast<uint32_t*>(stage)[i] = 0u;
+  if (tid == 0) {
+    mbar_init(&arrived[0]);
+    mbar_init(&arrived[1]);
+  }
+  cluster_sync();  // every CTA runs, its barriers are set and its rows past the batch are zero
+
+  const int prow = tid / (kU / 2), pair = tid % (kU / 2);
+  const int64_t pb = b0 + prow, unit = u0 + 2 * pair;
+  const bool pw = prow < valid_rows;
+  const uint32_t dg_slot = smem_addr(stage + prow * plan.a_row + unit * int64_t(sizeof(T)));
+  const int kg = warp % cluster::kKGroups, ng = warp / cluster::kKGroups;
+  const uint32_t a_src = smem_addr(stage + (lane & 15) * plan.a_row) + (lane >> 4) * 16;
+
+  // rec = (dg_s R)[prow, unit..unit+1] from the stage parity s % 2, once dg_s is in. Called by
+  // all threads (it synchronizes).
+  const unsigned step_bytes = unsigned(valid_rows * kGr * D * int64_t(sizeof(T)));
+  auto recurrent = [&](int64_t s, float (&rec)[2]) {
+    const int par = int(s & 1);
+    if (tid == 0) mbar_arm(&arrived[par], step_bytes);
+    mbar_wait(&arrived[par], unsigned((steps - s) >> 1) & 1u, cluster::kMaxPolls);
+    const uint32_t a_par = a_src + uint32_t(par) * parity_bytes;
+    float* const red = red_base + par * cluster::kKGroups * kRows * plan.red_stride;
+    float acc[kNt][kChains][4] = {};
+    for (int ks0 = kg; ks0 < ksteps; ks0 += kChains * cluster::kKGroups) {
+#pragma unroll
+      for (int c = 0; c < kChains; ++c) {
+        const int ks = ks0 + c * cluster::kKGroups;
+        if (ks >= ksteps) break;
+        uint32_t a[4];
+        ldmatrix_x4(a, a_par + ks * 32);
+#pragma unroll
+        for (int j = 0; j < kNt; ++j) {
+          const uint2 v = rs[(ks * cluster::kNtiles + ng * kNt + j) * 32 + lane];
+          const uint32_t f[2] = {v.x, v.y};
+          M::mma(acc[j][c], a, f, p.allow_tf32);
+        }
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < kNt; ++j)
+#pragma unroll
+      for (int h = 0; h < 2; ++h)  // rows g and g + 8
+        *reinterpret_cast<float2*>(red + (kg * kRows + g + 8 * h) * plan.red_stride + (ng * kNt + j) * 8 + 2 * q) =
+            make_float2(acc[j][0][2 * h] + acc[j][1][2 * h], acc[j][0][2 * h + 1] + acc[j][1][2 * h + 1]);
+    __syncthreads();  // partial sums complete
+    rec[0] = rec[1] = 0.f;
+#pragma unroll
+    for (int j = 0; j < cluster::kKGroups; ++j) {
+      const float2 v = *reinterpret_cast<const float2*>(red + (j * kRows + prow) * plan.red_stride + 2 * pair);
+      rec[0] += v.x;
+      rec[1] += v.y;
+    }
+  };
+  const float clip = p.recurrent_clip_value;
+  auto carried = [&](float rec, float pointwise) {
+    const float v = rec + pointwise;
+    return p.recurrent_clip ? fminf(fmaxf(v, -clip), clip) : v;
+  };
+
+  // This thread's inputs of step t, loaded a step ahead: saved[t-1], states[:, t-1], grad_states[:, t]
+  // (raw, converted when used, so the loads do not stall the thread until then).
+  const int64_t at = pb * ND + n * D + unit;
+  float st[2][kS], dsc[2][kS];
+  typename Pair<T>::type nsv[kSaved], nsp[kS], ngs[kS];
+  auto load_step = [&](int64_t t) {
+#pragma unroll
+    for (int k = 0; k < kSaved; ++k)
+      nsv[k] = load_pair_raw(saved + (t - 1) * kSaved * step_stride + pb * kSaved * ND + k * ND + n * D + unit);
+#pragma unroll
+    for (int s = 0; s < kS; ++s) {
+      nsp[s] = load_pair_raw(states + s * state_stride + (t - 1) * step_stride + at);
+      ngs[s] = load_pair_raw(grad + s * state_stride + t * step_stride + at);
+    }
+  };
+  if (pw) {
+#pragma unroll
+    for (int s = 0; s < kS; ++s) {
+      load_pair(states + s * state_stride + steps * step_stride + at, st[0][s], st[1][s]);
+      dsc[0][s] = dsc[1][s] = 0.f;
+    }
+    if (steps >= 1) load_step(steps);
+  }
+
+  for (int64_t t = steps; t >= 1; --t) {
+    float rec[2] = {0.f, 0.f};
+    if (t < steps && !p.recurrent_cut) recurrent(t + 1, rec);
+    if (pw) {
+      float sv[kSaved][2], sp[kS][2], gs[kS][2], dg[2][kGb];
+#pragma unroll
+      for (int k = 0; k < kSaved; ++k) unpack_pair(nsv[k], sv[k][0], sv[k][1]);
+#pragma unroll
+      for (int s = 0; s < kS; ++s) {
+        unpack_pair(nsp[s], sp[s][0], sp[s][1]);
+        unpack_pair(ngs[s], gs[s][0], gs[s][1]);
+      }
+#pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        float svu[kSaved], spu[kS], ds[kS];
+#pragma unroll
+        for (int k = 0; k < kSaved; ++k) svu[k] = sv[k][u];
+#pragma unroll
+        for (int s = 0; s < kS; ++s) {
+          spu[s] = sp[s][u];
+          ds[s] = dsc[u][s] + gs[s][u];
+        }
+        ds[0] = carried(rec[u], dsc[u][0]) + gs[0][u];
+        Cell::template backward<Math>(svu, spu, st[u], ds, dg[u]);
+#pragma unroll
+        for (int s = 0; s < kS; ++s) {
+          dsc[u][s] = ds[s];
+          st[u][s] = spu[s];
+        }
+      }
+      if (!p.recurrent_cut) {
+        const uint32_t local = dg_slot + uint32_t(t & 1) * parity_bytes, bar = smem_addr(&arrived[t & 1]);
+        for (int rank = 0; rank < plan.size; ++rank) {
+          const uint32_t remote = peer_smem(local, rank), remote_bar = peer_smem(bar, rank);
+#pragma unroll
+          for (int k = 0; k < kGr; ++k)
+            st_async_pair<T>(remote + uint32_t(k * D * sizeof(T)), remote_bar, dg[0][k], dg[1][k]);
+        }
+      }
+      if (t > 1) load_step(t - 1);
+      T* out = dg_out + (pb * steps + t - 1) * kGb * ND + n * D + unit;  // dg is [B, T, Gb, N, D]
+#pragma unroll
+      for (int k = 0; k < kGb; ++k) store_pair(out + k * ND, dg[0][k], dg[1][k]);
+    }
+  }
+
+  // dL/ds_0 = what reaches the initial states: carried paths + the gradient on states[:, 0].
+  float rec[2] = {0.f, 0.f};
+  if (steps >= 1 && !p.recurrent_cut) recurrent(1, rec);
+  if (!pw) return;
+  T* d0 = static_cast<T*>(p.dstates0);
+#pragma unroll
+  for (int s = 0; s < kS; ++s) {
+    float g0, g1;
+    load_pair(grad + s * state_stride + at, g0, g1);
+    float v0 = dsc[0][s], v1 = dsc[1][s];
+    if (s == 0) {
+      v0 = carried(rec[0], v0);
+      v1 = carried(rec[1], v1);
+    }
+    store_pair(d0 + s * step_stride + at, v0 + g0, v1 + g1);
+  }
+#endif
+}
+
+}  // namespace flashrnn

@@ -1,0 +1,57 @@
+// Launching the cluster variant (cluster_plan.h). Clusters are independent of each other, so
+// nothing needs the whole grid resident: the hardware co-schedules the CTAs of each cluster.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdlib>
+#include <cstring>
+
+#include "../../common/check.h"
+#include "../../common/params.h"
+#include "cluster_plan.h"
+
+namespace flashrnn::cluster {
+
+// FLASHRNN_MULTI_L2=1 makes large heads run the L2 variant even where clusters would run (tests
+// and benchmarks compare the two on one card).
+inline bool disabled() {
+  const char* v = std::getenv("FLASHRNN_MULTI_L2");
+  return v != nullptr && std::strcmp(v, "") != 0 && std::strcmp(v, "0") != 0;
+}
+
+// Launches `kernel` over (size, groups, heads) CTAs in clusters of plan.size on `stream`. Returns
+// false, launching nothing, where clusters cannot run: below sm_90, or where the device cannot
+// hold one such cluster (e.g. 16 CTAs of this shared memory size).
+template <class... Params, class... Args>
+bool launch_clusters(void (*kernel)(Params...), const Plan& plan, const DeviceLimits& device, cudaStream_t stream,
+                     const char* name, const Args&... args) {
+  if (device.cc_major < 9 || disabled()) return false;
+  FLASHRNN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, plan.smem));
+  if (plan.size > 8 && cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) != cudaSuccess) {
+    (void)cudaGetLastError();  // this device or driver allows no cluster above 8
+    return false;
+  }
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(unsigned(plan.size), unsigned(plan.groups), unsigned(plan.heads));
+  config.blockDim = dim3(kThreads);
+  config.dynamicSmemBytes = size_t(plan.smem);
+  config.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = unsigned(plan.size);
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  config.attrs = attr;
+  config.numAttrs = 1;
+  int clusters = 0;
+  if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &config) != cudaSuccess || clusters < 1) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  FLASHRNN_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, args...));
+  FLASHRNN_CHECK_LAUNCH(name);
+  return true;
+}
+
+}  // namespace flashrnn::cluster

@@ -1,0 +1,68 @@
+// The cluster variant of the multi-CTA family (sm_90): one head's units are split over the CTAs
+// of one thread-block cluster, 32 units per CTA, and the step's exchange (h_t forward, dg_t
+// backward) goes through distributed shared memory: each CTA stores its part into every peer's
+// shared memory with st.async, whose bytes complete a transaction-counting mbarrier in the
+// receiver (one per buffer parity). No L2 round trip, no fence, no cluster-wide barrier per step,
+// and no co-residency needed between clusters (each (head, batch group) is one cluster).
+//
+// A CTA holds R's slice for its units in shared memory (all of it: this variant does not read R
+// from L2), 16 batch rows (the batch groups are the grid's y), two buffers of the exchanged rows
+// (parity t % 2) and two of the cross-warp partial sums. Shapes that do not fit run the L2 variant.
+//
+// Host and device both include this header (pure arithmetic, no CUDA calls).
+#pragma once
+
+#include "../fused/tuning.h"
+
+namespace flashrnn::cluster {
+
+constexpr int kUnits = 32;     // hidden units per CTA
+constexpr int kRows = 16;      // batch rows per CTA (one m16 tile)
+constexpr int kWarps = 8;
+constexpr int kThreads = kWarps * 32;  // = kRows * kUnits / 2: one thread per (row, unit pair)
+constexpr int kKGroups = 4;    // warp = (k-group, n-group): k-steps kg, kg + 4, ...
+constexpr int kNGroups = 2;    // ... times 16 of the CTA's 32 units (2 n-tiles per gate)
+constexpr int kNtiles = kUnits / 8;
+constexpr int kMaxSize = 16;   // the largest cluster sm_90 allows (above 8: non-portable)
+constexpr int kFragBytes = 32 * 8;  // one B fragment of one n-tile, 8 bytes per lane
+constexpr long long kMaxPolls = 1LL << 22;  // unsuccessful mbarrier polls before a trap (a broken launch)
+static_assert(kThreads == kRows * kUnits / 2 && kWarps == kKGroups * kNGroups);
+
+struct Plan {
+  int size = 0;       // CTAs per cluster: head_dim / kUnits
+  int groups = 0;     // batch groups of kRows rows
+  int heads = 0;
+  int a_row = 0;      // bytes per exchanged row (forward: h, D values; backward: dg, Gr * D values)
+  int red_stride = 0; // floats per row of the partial sums
+  int red_offset = 0;
+  int r_offset = 0;
+  int smem = 0;
+};
+
+// Fills `plan` for a forward (backward = false) or backward pass; nullptr, or why the shape does
+// not run in this variant (the caller then uses the L2 variant).
+constexpr const char* make_plan(Plan& p, bool backward, int gates_r, int esize, long long batch, long long heads,
+                                long long head_dim, int smem_per_block) {
+  if (head_dim % kUnits != 0) return "the head dim is not a multiple of 32";
+  if (head_dim / kUnits < 2 || head_dim / kUnits > kMaxSize) return "the head needs 2 to 16 CTAs of 32 units";
+  if (batch < 1 || heads < 1) return "there is no batch row or no head to run";
+  const long long groups = (batch + kRows - 1) / kRows;
+  if (groups > 65535 || heads > 65535) return "too many heads or batch groups for one grid";
+  p.size = int(head_dim / kUnits);
+  p.groups = int(groups);
+  p.heads = int(heads);
+  const int k_per_step = esize == 4 ? 8 : 16;
+  const int ksteps = int((backward ? gates_r : 1) * head_dim / k_per_step);
+  const int tiles = backward ? kNtiles : gates_r * kNtiles;  // B fragments per k-step
+  p.a_row = fused::row_bytes(int((backward ? gates_r : 1) * head_dim), esize);
+  // Rows of partial sums: 8 floats more than a multiple of 32, so that the 8-byte stores of a
+  // fragment's rows g (and the pointwise threads' 8-byte loads) spread over all banks.
+  p.red_stride = fused::round_up_c((backward ? 1 : gates_r) * kUnits, 32) + 8;
+  p.red_offset = 2 * kRows * p.a_row;
+  p.r_offset = p.red_offset + 2 * kKGroups * kRows * p.red_stride * 4;  // two buffers (parity)
+  p.smem = p.r_offset + ksteps * tiles * kFragBytes;
+  if (p.smem > smem_per_block - fused::kSmemReserve) return "R's slice does not fit one CTA's shared memory";
+  return nullptr;
+}
+
+}  // namespace flashrnn::cluster

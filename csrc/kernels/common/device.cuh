@@ -325,25 +325,46 @@ __device__ __forceinline__ uint32_t peer_smem(uint32_t local, uint32_t rank) {
 #endif
   return remote;
 }
-// Stores a pair of T values (4 bytes for half types, 8 for fp32) at a peer_smem() address and
-// counts its bytes on the mbarrier at peer_smem() address `remote_bar` of the same CTA (complete_tx,
-// release at cluster scope): the receiver's wait on that barrier sees the data, no fence needed.
-template <class T>
-__device__ __forceinline__ void st_async_pair(uint32_t remote, uint32_t remote_bar, float a, float b) {
+// Stores kWords 32-bit words (16-byte aligned if kWords % 4 == 0, 8-byte if even) at a
+// peer_smem() address and counts their bytes on the mbarrier at peer_smem() address `remote_bar`
+// of the same CTA (complete_tx, release at cluster scope): the receiver's wait on that barrier
+// sees the data, no fence needed.
+template <int kWords>
+__device__ __forceinline__ void st_async_words(uint32_t remote, uint32_t remote_bar, const uint32_t (&w)[kWords]) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  if constexpr (sizeof(T) == 4) {
-    asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.v2.f32 [%0], {%1, %2}, [%3];"
-                 ::"r"(remote), "f"(a), "f"(b), "r"(remote_bar) : "memory");
+  if constexpr (kWords % 4 == 0) {
+#pragma unroll
+    for (int i = 0; i < kWords; i += 4)
+      asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.v4.b32 [%0], {%1, %2, %3, %4}, [%5];"
+                   ::"r"(remote + 4 * i), "r"(w[i]), "r"(w[i + 1]), "r"(w[i + 2]), "r"(w[i + 3]), "r"(remote_bar)
+                   : "memory");
+  } else if constexpr (kWords % 2 == 0) {
+#pragma unroll
+    for (int i = 0; i < kWords; i += 2)
+      asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.v2.b32 [%0], {%1, %2}, [%3];"
+                   ::"r"(remote + 4 * i), "r"(w[i]), "r"(w[i + 1]), "r"(remote_bar) : "memory");
   } else {
-    typename Pair<T>::type v;
-    v.x = from_float<T>(a);
-    v.y = from_float<T>(b);
-    asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.b32 [%0], %1, [%2];"
-                 ::"r"(remote), "r"(*reinterpret_cast<uint32_t*>(&v)), "r"(remote_bar) : "memory");
+#pragma unroll
+    for (int i = 0; i < kWords; ++i)
+      asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.b32 [%0], %1, [%2];"
+                   ::"r"(remote + 4 * i), "r"(w[i]), "r"(remote_bar) : "memory");
   }
 #else
   __trap();
 #endif
+}
+
+// Values of type T as 32-bit words, in order: pairs of 16-bit values, or one fp32 value per word.
+template <class T, int kValues>
+__device__ __forceinline__ void pack_words(const float (&v)[kValues], uint32_t (&w)[sizeof(T) == 4 ? kValues : kValues / 2]) {
+  if constexpr (sizeof(T) == 4) {
+#pragma unroll
+    for (int i = 0; i < kValues; ++i) w[i] = __float_as_uint(v[i]);
+  } else {
+    static_assert(kValues % 2 == 0);
+#pragma unroll
+    for (int i = 0; i < kValues / 2; ++i) w[i] = Mma<T>::pack(from_float<T>(v[2 * i]), from_float<T>(v[2 * i + 1]));
+  }
 }
 
 // mbarriers (sm_90 cluster kernels): one arrival per phase (the local arm below) plus the bytes
@@ -366,7 +387,8 @@ __device__ __forceinline__ void mbar_arm(uint64_t* bar, unsigned bytes) {
 #endif
 }
 // Waits until the phase with this parity has completed (acquire at cluster scope: the peers'
-// bytes are visible after it). Traps after `max_polls` unsuccessful polls (a broken launch).
+// st.async bytes are visible after it). Traps after `max_polls` unsuccessful polls (a broken
+// launch).
 __device__ __forceinline__ void mbar_wait(uint64_t* bar, unsigned parity, long long max_polls) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   for (long long polls = 0;; ++polls) {

@@ -31,7 +31,7 @@ __global__ void __launch_bounds__(cluster::kThreads, 1)
   using Math = MathFor<T>;
   constexpr int kGr = Cell::kGatesR, kGw = Cell::kGatesW, kGb = Cell::kGatesB;
   constexpr int kS = Cell::kStates, kSaved = Cell::kSaved, kU = cluster::kUnits, kRows = cluster::kRows;
-  constexpr int kNt = cluster::kNtiles / cluster::kNGroups;  // n-tiles per gate of one warp
+  constexpr int kNt = cluster::kNtiles / cluster::kForwardNGroups;  // n-tiles per gate of one warp
 
   extern __shared__ __align__(128) unsigned char smem[];
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, q = lane % 4;
@@ -100,7 +100,7 @@ __global__ void __launch_bounds__(cluster::kThreads, 1)
     }
   }
 
-  const int kg = warp % cluster::kKGroups, ng = warp / cluster::kKGroups;
+  const int kg = warp % cluster::kForwardKGroups, ng = warp / cluster::kForwardKGroups;
   const uint32_t a_src = smem_addr(hs + (lane & 15) * plan.a_row) + (lane >> 4) * 16;
   const float clip = p.forward_clip_value;
   for (int64_t t = 1; t <= steps; ++t) {
@@ -108,9 +108,9 @@ __global__ void __launch_bounds__(cluster::kThreads, 1)
     if (tid == 0) mbar_arm(&arrived[par], step_bytes);
     mbar_wait(&arrived[par], unsigned((t - 1) >> 1) & 1u, cluster::kMaxPolls);  // h_{t-1} is here
     const uint32_t a_par = a_src + uint32_t(par) * parity_bytes;
-    float* const red = red_base + (t & 1) * cluster::kKGroups * kRows * plan.red_stride;
+    float* const red = red_base + (t & 1) * cluster::kForwardKGroups * kRows * plan.red_stride;
     float acc[kGr][kNt][4] = {};
-    for (int ks = kg; ks < ksteps; ks += cluster::kKGroups) {
+    for (int ks = kg; ks < ksteps; ks += cluster::kForwardKGroups) {
       uint32_t a[4];
       ldmatrix_x4(a, a_par + ks * 32);
 #pragma unroll
@@ -138,7 +138,7 @@ __global__ void __launch_bounds__(cluster::kThreads, 1)
 #pragma unroll
       for (int k = 0; k < kGr; ++k) rh_pair[k] = make_float2(0.f, 0.f);
 #pragma unroll
-      for (int j = 0; j < cluster::kKGroups; ++j)
+      for (int j = 0; j < cluster::kForwardKGroups; ++j)
 #pragma unroll
         for (int k = 0; k < kGr; ++k) {
           const float2 v = *reinterpret_cast<const float2*>(red + (j * kRows + prow) * plan.red_stride + k * kU + 2 * pair);

@@ -20,13 +20,16 @@ constexpr int kUnits = 32;     // hidden units per CTA
 constexpr int kRows = 16;      // batch rows per CTA (one m16 tile)
 constexpr int kWarps = 8;
 constexpr int kThreads = kWarps * 32;  // = kRows * kUnits / 2: one thread per (row, unit pair)
-constexpr int kKGroups = 4;    // warp = (k-group, n-group): k-steps kg, kg + 4, ...
+constexpr int kKGroups = 4;    // backward: warp = (k-group, n-group): k-steps kg, kg + 4, ...
 constexpr int kNGroups = 2;    // ... times 16 of the CTA's 32 units (2 n-tiles per gate)
+constexpr int kForwardKGroups = 2;  // forward: k-steps kg, kg + 2, ...
+constexpr int kForwardNGroups = 4;  // ... times 8 of the CTA's 32 units (1 n-tile per gate)
 constexpr int kNtiles = kUnits / 8;
 constexpr int kMaxSize = 16;   // the largest cluster sm_90 allows (above 8: non-portable)
 constexpr int kFragBytes = 32 * 8;  // one B fragment of one n-tile, 8 bytes per lane
 constexpr long long kMaxPolls = 1LL << 22;  // unsuccessful mbarrier polls before a trap (a broken launch)
-static_assert(kThreads == kRows * kUnits / 2 && kWarps == kKGroups * kNGroups);
+static_assert(kThreads == kRows * kUnits / 2 && kWarps == kKGroups * kNGroups &&
+              kWarps == kForwardKGroups * kForwardNGroups);
 
 struct Plan {
   int size = 0;       // CTAs per cluster: head_dim / kUnits
@@ -59,7 +62,7 @@ constexpr const char* make_plan(Plan& p, bool backward, int gates_r, int esize, 
   // fragment's rows g (and the pointwise threads' 8-byte loads) spread over all banks.
   p.red_stride = fused::round_up_c((backward ? 1 : gates_r) * kUnits, 32) + 8;
   p.red_offset = 2 * kRows * p.a_row;
-  p.r_offset = p.red_offset + 2 * kKGroups * kRows * p.red_stride * 4;  // two buffers (parity)
+  p.r_offset = p.red_offset + 2 * (backward ? kKGroups : kForwardKGroups) * kRows * p.red_stride * 4;  // two buffers
   p.smem = p.r_offset + ksteps * tiles * kFragBytes;
   if (p.smem > smem_per_block - fused::kSmemReserve) return "R's slice does not fit one CTA's shared memory";
   return nullptr;

@@ -10,6 +10,7 @@ Appends a markdown table to --out (default BENCHMARKS.md).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -107,6 +108,12 @@ def main():
     ours("gru cuda_fused", "gru", "cuda_fused", B, 1, 768, "bf16")
     ours("slstm cuda_fused", "slstm", "cuda_fused", B, 1, 768, "bf16")
     ours("lstm cuda_fused", "lstm", "cuda_fused", 64, 1, 768, "fp16")
+    for function in ("gru", "slstm"):
+        ours(f"{function} cuda_fused", function, "cuda_fused", B, 3, 256, "bf16")
+    # 256 x 3 runs in clusters (distributed shared memory) on sm_90; the L2 variant for comparison
+    os.environ["FLASHRNN_MULTI_L2"] = "1"
+    ours("lstm cuda_fused (L2 variant)", "lstm", "cuda_fused", B, 3, 256, "bf16")
+    del os.environ["FLASHRNN_MULTI_L2"]
     for D, N in [(64, 12), (768, 1)]:
         ours("lstm cuda (alternating)", "lstm", "cuda", B, N, D, "bf16")
     for function in ("slstm", "gru", "elman"):

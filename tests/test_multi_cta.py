@@ -2,6 +2,10 @@
 float64 reference on the GPU (marked `gpu`). Same standard as test_gpu.py: relative error of every
 output and gradient <= 1e-4 fp32, <= 1e-2 bf16/fp16; outputs NaN-poisoned before each run. Each
 case first asserts which kernel family the core picks, so a silent fallback cannot pass as tested.
+The family has two variants: clusters with distributed shared memory (sm_90, heads of 2 to 16
+CTAs of 32 units whose slice fits) and the L2 exchange (everything else); on an H100 the grid runs
+both (D 256/384 in clusters in 16-bit types, the rest through L2), FLASHRNN_MULTI_L2=1 forces the
+L2 variant for the cluster shapes, and the kernels that run are checked by name.
 """
 from __future__ import annotations
 
@@ -54,6 +58,40 @@ def test_multi_cta_matches_float64(shape, function, dtype):
 def test_multi_cta_options_match_float64(function, option):
     assert_multi(function, torch.float32, 5, 2, 256)
     check_option(function, "cuda_fused", option, 256)
+
+
+def cuda_kernel_names(run):
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        run()
+        torch.cuda.synchronize()
+    return " ".join(e.key for e in prof.key_averages())
+
+
+def test_multi_cta_variant_that_runs(monkeypatch):
+    inputs, _, _, weights = float64_reference("lstm", 16, 8, 3, 256, torch.bfloat16, "random", 3)
+    names = cuda_kernel_names(lambda: run_with_grads("lstm", "cuda_fused", inputs, weights))
+    clusters = torch.cuda.get_device_capability()[0] >= 9
+    for kernel in ("forward", "backward"):
+        assert (f"cluster_{kernel}_kernel" in names) == clusters, names
+        assert (f"multi_{kernel}_kernel" in names) != clusters, names
+    monkeypatch.setenv("FLASHRNN_MULTI_L2", "1")
+    names = cuda_kernel_names(lambda: run_with_grads("lstm", "cuda_fused", inputs, weights))
+    assert "cluster_" not in names and "multi_forward_kernel" in names and "multi_backward_kernel" in names
+    monkeypatch.delenv("FLASHRNN_MULTI_L2")
+    inputs, _, _, weights = float64_reference("lstm", 16, 8, 1, 768, torch.bfloat16, "random", 3)
+    names = cuda_kernel_names(lambda: run_with_grads("lstm", "cuda_fused", inputs, weights))
+    assert "cluster_" not in names and "multi_forward_kernel" in names, names  # 24 CTAs: more than a cluster
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("function", list(CELLS))
+@pytest.mark.parametrize("shape", [(16, 7, 3, 256), (1, 1024, 1, 256), (19, 7, 2, 384)],
+                         ids=lambda s: "B{}-T{}-N{}-D{}".format(*s))
+def test_multi_cta_l2_variant_matches_float64_where_clusters_run(shape, function, dtype, monkeypatch):
+    monkeypatch.setenv("FLASHRNN_MULTI_L2", "1")
+    B, T, N, D = shape
+    assert_multi(function, DTYPES[dtype], B, N, D)
+    check_against_reference(function, "cuda_fused", DTYPES[dtype], B, T, N, D)
 
 
 @pytest.mark.parametrize("function", list(CELLS))

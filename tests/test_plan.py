@@ -119,3 +119,48 @@ def test_fused_backward_scratch_for_split_dr_is_bounded():
         seen_split |= splits >= 2
         seen_single |= splits == 0 and rows >= 2048
     assert seen_split and seen_single
+
+
+def cluster_plan(backward, function, dtype, B, N, D, device="H100 SXM (sm_90)"):
+    return _core._C.cluster_plan(backward, CELLS[function].gates_r, ESIZE[dtype], B, N, D, DEVICES[device][0])
+
+
+def test_every_accepted_cluster_plan_fits_and_covers_the_problem():
+    # csrc/kernels/multi/cluster_plan.h (the sm_90 variant): 32 units per CTA, 2 to 16 CTAs per
+    # cluster, 16 rows per CTA; shared memory = two buffers of exchanged rows, two of partial sums,
+    # and R's fragments (4 n-tiles per gate; backward R^T's, one "gate").
+    smem_block = DEVICES["H100 SXM (sm_90)"][0]
+    accepted = set()
+    for function, dtype, backward, B, N, D in itertools.product(
+            CELLS, ESIZE, (False, True), (1, 16, 17, 64), (1, 3), range(32, 1025, 16)):
+        p = cluster_plan(backward, function, dtype, B, N, D)
+        if "why" in p:
+            continue
+        where = (function, dtype, backward, B, N, D)
+        gates_r, k = CELLS[function].gates_r, 8 if dtype == "float32" else 16
+        width = (gates_r if backward else 1) * D
+        assert D % 32 == 0 and p["size"] * 32 == D and 2 <= p["size"] <= 16, where
+        assert p["groups"] * 16 >= B > (p["groups"] - 1) * 16 and p["heads"] == N, where
+        assert p["a_row"] >= width * ESIZE[dtype] and p["red_offset"] == 2 * 16 * p["a_row"], where
+        assert p["red_stride"] % 32 == 8 and p["red_stride"] >= (1 if backward else gates_r) * 32, where
+        k_groups = 4 if backward else 2  # warps = k-groups x n-groups; two buffers of partial sums
+        assert p["r_offset"] == p["red_offset"] + 2 * k_groups * 16 * p["red_stride"] * 4, where
+        assert p["smem"] == p["r_offset"] + width // k * (1 if backward else gates_r) * 4 * 256, where
+        assert p["smem"] <= smem_block - RESERVE, where
+        accepted.add((function, dtype, backward, D))
+    # issue 4's 256 x 3 row: every cell runs in clusters forward and backward in 16-bit types
+    for function, dtype, backward in itertools.product(CELLS, ("bfloat16", "float16"), (False, True)):
+        assert (function, dtype, backward, 256) in accepted, (function, dtype, backward)
+
+
+def test_cluster_plan_refusals_say_why():
+    assert "2 to 16 CTAs" in cluster_plan(False, "lstm", "bfloat16", 16, 1, 768)["why"]  # 24 CTAs
+    assert "2 to 16 CTAs" in cluster_plan(False, "lstm", "bfloat16", 16, 1, 32)["why"]   # one CTA
+    assert "multiple of 32" in cluster_plan(False, "lstm", "bfloat16", 16, 1, 272)["why"]
+    assert "no batch row" in cluster_plan(True, "gru", "bfloat16", 0, 1, 256)["why"]
+    # LSTM 512 (16 CTAs): forward R's slice is 128 KB (4 gates x 512 x 32 x 2 B) and fits; backward
+    # R^T's 128 KB plus two 65 KB stages do not
+    assert "why" not in cluster_plan(False, "lstm", "bfloat16", 16, 1, 512)
+    assert "does not fit" in cluster_plan(True, "lstm", "bfloat16", 16, 1, 512)["why"]
+    # an A6000 (99 KB per block) holds no LSTM 256 backward slice (64 KB of R^T + 66 KB of stage)
+    assert "does not fit" in cluster_plan(True, "lstm", "bfloat16", 16, 1, 256, "RTX A6000 (sm_86)")["why"]

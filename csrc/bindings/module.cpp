@@ -15,6 +15,7 @@
 #endif
 
 #if FLASHRNN_WITH_CUDA
+#include "../kernels/multi/cluster_plan.h"
 #include "../kernels/multi/plan.h"
 #include "../launch/core.h"
 namespace flashrnn {
@@ -142,6 +143,20 @@ PYBIND11_MODULE(_C, m) {
     d["flag_words"] = multi::flag_words(batch, heads, head_dim, esize);
     return d;
   }, "the multi-CTA kernels' plan for the given device limits (pure arithmetic, no GPU), or {'why': ...}");
+  m.def("cluster_plan", [](bool backward, int gates_r, int esize, int64_t batch, int64_t heads, int64_t head_dim,
+                           int smem_per_block) {
+    flashrnn::cluster::Plan p;
+    const char* why =
+        flashrnn::cluster::make_plan(p, backward, gates_r, esize, batch, heads, head_dim, smem_per_block);
+    py::dict d;
+    if (why != nullptr) {
+      d["why"] = std::string(why);
+      return d;
+    }
+    d["size"] = p.size; d["groups"] = p.groups; d["heads"] = p.heads; d["a_row"] = p.a_row;
+    d["red_stride"] = p.red_stride; d["red_offset"] = p.red_offset; d["r_offset"] = p.r_offset; d["smem"] = p.smem;
+    return d;
+  }, "the sm_90 cluster variant's plan of the multi-CTA family (pure arithmetic), or {'why': ...}");
   m.def("forward_workspace_floats", [](int family, int cell, int dtype, int64_t b, int64_t n, int64_t d) {
     return flashrnn::forward_workspace_floats(Family(family), CellKind(cell), DType(dtype), b, n, d);
   });

@@ -325,6 +325,20 @@ __device__ __forceinline__ uint32_t peer_smem(uint32_t local, uint32_t rank) {
 #endif
   return remote;
 }
+// The shared-memory windows of a cluster's CTAs seen from this CTA: at(rank, local) is the
+// address of local (this CTA's shared window) in CTA `rank`, one mapa per rank up front instead
+// of one per store. Index it with compile-time ranks (an unrolled loop), so base stays in registers.
+template <int kMax>
+struct PeerWindows {
+  uint32_t base[kMax];
+  uint32_t origin;
+  __device__ __forceinline__ PeerWindows(uint32_t local_origin, int size) : origin(local_origin) {
+#pragma unroll
+    for (int rank = 0; rank < kMax; ++rank) base[rank] = rank < size ? peer_smem(local_origin, rank) : 0u;
+  }
+  __device__ __forceinline__ uint32_t at(int rank, uint32_t local) const { return base[rank] + (local - origin); }
+};
+
 // Stores kWords 32-bit words (16-byte aligned if kWords % 4 == 0, 8-byte if even) at a
 // peer_smem() address and counts their bytes on the mbarrier at peer_smem() address `remote_bar`
 // of the same CTA (complete_tx, release at cluster scope): the receiver's wait on that barrier

@@ -12,7 +12,8 @@
 namespace flashrnn {
 
 // kFused: one CTA per (head, batch tile) (head dims of the fused buckets); kMulti: a head's units
-// spread over several co-resident CTAs (larger heads, kernels/multi/plan.h).
+// spread over several CTAs (larger heads): one thread-block cluster on sm_90 where the head fits
+// one (kernels/multi/cluster_plan.h), else co-resident CTAs exchanging through L2 (plan.h).
 enum class Family : int { kAlternating = 0, kFused = 1, kMulti = 2 };
 
 struct CellInfo {

@@ -422,4 +422,16 @@ __device__ __forceinline__ void mbar_wait(uint64_t* bar, unsigned parity, long l
 #endif
 }
 
+// Start of a cluster kernel's exchange: zero the two receive buffers (`bytes`, a multiple of 4:
+// rows past the batch stay zero), set up their mbarriers, and wait until every CTA of the
+// cluster has done the same (a peer stores into this CTA right after).
+__device__ __forceinline__ void start_cluster_exchange(unsigned char* buffers, int bytes, uint64_t (&arrived)[2]) {
+  for (int i = threadIdx.x; i < bytes / 4; i += blockDim.x) reinterpret_cast<uint32_t*>(buffers)[i] = 0u;
+  if (threadIdx.x == 0) {
+    mbar_init(&arrived[0]);
+    mbar_init(&arrived[1]);
+  }
+  cluster_sync();
+}
+
 }  // namespace flashrnn

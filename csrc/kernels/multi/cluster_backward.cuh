@@ -18,6 +18,7 @@
 #include "../cells/all_cells.cuh"
 #include "../common/device.cuh"
 #include "cluster_plan.h"
+#include "pointwise.cuh"
 
 namespace flashrnn {
 
@@ -45,7 +46,7 @@ __global__ void __launch_bounds__(cluster::kThreads, 1)
 #else
   using M = Mma<T>;
   using Math = MathFor<T>;
-  constexpr int kGr = Cell::kGatesR, kGb = Cell::kGatesB, kS = Cell::kStates, kSaved = Cell::kSaved;
+  constexpr int kGr = Cell::kGatesR, kGb = Cell::kGatesB;
   constexpr int kU = cluster::kUnits, kRows = cluster::kRows, kNt = cluster::kNtiles / cluster::kNGroups;
   constexpr int kChains = 2;  // accumulators per n-tile (alternating k-steps)
 
@@ -56,11 +57,7 @@ __global__ void __launch_bounds__(cluster::kThreads, 1)
   const int valid_rows = int(B - b0 < kRows ? B - b0 : kRows);
   const int ksteps = int(kGr * D / M::kK), parity_bytes = kRows * plan.a_row;
   const T* r = static_cast<const T*>(p.r);
-  const T* states = static_cast<const T*>(p.states);
-  const T* saved = static_cast<const T*>(p.saved);
-  const T* grad = static_cast<const T*>(p.grad_states);
   T* dg_out = static_cast<T*>(p.dg);
-  const int64_t step_stride = B * ND, state_stride = (steps + 1) * step_stride;
 
   // The stage's K order: (unit, gate) for an even number of gates, where a thread's dg for its two
   // units and all gates is one contiguous 16- or 32-byte piece (one or two stores per peer);
@@ -87,12 +84,7 @@ __global__ void __launch_bounds__(cluster::kThreads, 1)
       rs[i * 32 + lane] = make_uint2(f[0], f[1]);
     }
   }
-  for (int i = tid; i < 2 * parity_bytes / 4; i += cluster::kThreads) reinterpret_cast<uint32_t*>(stage)[i] = 0u;
-  if (tid == 0) {
-    mbar_init(&arrived[0]);
-    mbar_init(&arrived[1]);
-  }
-  cluster_sync();  // every CTA runs, its barriers are set and its rows past the batch are zero
+  start_cluster_exchange(stage, 2 * parity_bytes, arrived);
 
   const int prow = tid / (kU / 2), pair = tid % (kU / 2);
   const int64_t pb = b0 + prow, unit = u0 + 2 * pair;
@@ -141,66 +133,15 @@ __global__ void __launch_bounds__(cluster::kThreads, 1)
       rec[1] += v.y;
     }
   };
-  const float clip = p.recurrent_clip_value;
-  auto carried = [&](float rec, float pointwise) {
-    const float v = rec + pointwise;
-    return p.recurrent_clip ? fminf(fmaxf(v, -clip), clip) : v;
-  };
 
-  // This thread's inputs of step t, loaded a step ahead: saved[t-1], states[:, t-1], grad_states[:, t]
-  // (raw, converted when used, so the loads do not stall the thread until then).
-  const int64_t at = pb * ND + n * D + unit;
-  float st[2][kS], dsc[2][kS];
-  typename Pair<T>::type nsv[kSaved], nsp[kS], ngs[kS];
-  auto load_step = [&](int64_t t) {
-#pragma unroll
-    for (int k = 0; k < kSaved; ++k)
-      nsv[k] = load_pair_raw(saved + (t - 1) * kSaved * step_stride + pb * kSaved * ND + k * ND + n * D + unit);
-#pragma unroll
-    for (int s = 0; s < kS; ++s) {
-      nsp[s] = load_pair_raw(states + s * state_stride + (t - 1) * step_stride + at);
-      ngs[s] = load_pair_raw(grad + s * state_stride + t * step_stride + at);
-    }
-  };
-  if (pw) {
-#pragma unroll
-    for (int s = 0; s < kS; ++s) {
-      load_pair(states + s * state_stride + steps * step_stride + at, st[0][s], st[1][s]);
-      dsc[0][s] = dsc[1][s] = 0.f;
-    }
-    if (steps >= 1) load_step(steps);
-  }
+  multi::BackwardPair<Cell, T> cell(p, pb, n, unit, pw);
 
   for (int64_t t = steps; t >= 1; --t) {
     float rec[2] = {0.f, 0.f};
     if (t < steps && !p.recurrent_cut) recurrent(t + 1, rec);
     if (pw) {
-      float sv[kSaved][2], sp[kS][2], gs[kS][2], dg[2][kGb];
-#pragma unroll
-      for (int k = 0; k < kSaved; ++k) unpack_pair(nsv[k], sv[k][0], sv[k][1]);
-#pragma unroll
-      for (int s = 0; s < kS; ++s) {
-        unpack_pair(nsp[s], sp[s][0], sp[s][1]);
-        unpack_pair(ngs[s], gs[s][0], gs[s][1]);
-      }
-#pragma unroll
-      for (int u = 0; u < 2; ++u) {
-        float svu[kSaved], spu[kS], ds[kS];
-#pragma unroll
-        for (int k = 0; k < kSaved; ++k) svu[k] = sv[k][u];
-#pragma unroll
-        for (int s = 0; s < kS; ++s) {
-          spu[s] = sp[s][u];
-          ds[s] = dsc[u][s] + gs[s][u];
-        }
-        ds[0] = carried(rec[u], dsc[u][0]) + gs[0][u];
-        Cell::template backward<Math>(svu, spu, st[u], ds, dg[u]);
-#pragma unroll
-        for (int s = 0; s < kS; ++s) {
-          dsc[u][s] = ds[s];
-          st[u][s] = spu[s];
-        }
-      }
+      float dg[2][kGb];
+      cell.template step<Math>(rec, dg);
       if (!p.recurrent_cut) {
         const uint32_t local = dg_slot + uint32_t(t & 1) * parity_bytes, bar = smem_addr(&arrived[t & 1]);
         if constexpr (kUnitMajor) {
@@ -226,7 +167,7 @@ __global__ void __launch_bounds__(cluster::kThreads, 1)
           }
         }
       }
-      if (t > 1) load_step(t - 1);
+      if (t > 1) cell.load_step(t - 1);
       T* out = dg_out + (pb * steps + t - 1) * kGb * ND + n * D + unit;  // dg is [B, T, Gb, N, D]
 #pragma unroll
       for (int k = 0; k < kGb; ++k) store_pair(out + k * ND, dg[0][k], dg[1][k]);
@@ -236,19 +177,7 @@ __global__ void __launch_bounds__(cluster::kThreads, 1)
   // dL/ds_0 = what reaches the initial states: carried paths + the gradient on states[:, 0].
   float rec[2] = {0.f, 0.f};
   if (steps >= 1 && !p.recurrent_cut) recurrent(1, rec);
-  if (!pw) return;
-  T* d0 = static_cast<T*>(p.dstates0);
-#pragma unroll
-  for (int s = 0; s < kS; ++s) {
-    float g0, g1;
-    load_pair(grad + s * state_stride + at, g0, g1);
-    float v0 = dsc[0][s], v1 = dsc[1][s];
-    if (s == 0) {
-      v0 = carried(rec[0], v0);
-      v1 = carried(rec[1], v1);
-    }
-    store_pair(d0 + s * step_stride + at, v0 + g0, v1 + g1);
-  }
+  if (pw) cell.finish(rec, static_cast<T*>(p.dstates0));
 #endif
 }
 

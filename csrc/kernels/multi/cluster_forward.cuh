@@ -17,6 +17,7 @@
 #include "../cells/all_cells.cuh"
 #include "../common/device.cuh"
 #include "cluster_plan.h"
+#include "pointwise.cuh"
 
 namespace flashrnn {
 
@@ -29,22 +30,16 @@ __global__ void __launch_bounds__(cluster::kThreads, 1)
 #else
   using M = Mma<T>;
   using Math = MathFor<T>;
-  constexpr int kGr = Cell::kGatesR, kGw = Cell::kGatesW, kGb = Cell::kGatesB;
-  constexpr int kS = Cell::kStates, kSaved = Cell::kSaved, kU = cluster::kUnits, kRows = cluster::kRows;
+  constexpr int kGr = Cell::kGatesR, kU = cluster::kUnits, kRows = cluster::kRows;
   constexpr int kNt = cluster::kNtiles / cluster::kForwardNGroups;  // n-tiles per gate of one warp
 
   extern __shared__ __align__(128) unsigned char smem[];
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, q = lane % 4;
-  const int64_t B = p.batch, steps = p.steps, N = p.heads, D = p.head_dim, ND = N * D;
+  const int64_t B = p.batch, steps = p.steps, N = p.heads, D = p.head_dim;
   const int64_t u0 = int64_t(blockIdx.x) * kU, b0 = int64_t(blockIdx.y) * kRows, n = blockIdx.z;
   const int valid_rows = int(B - b0 < kRows ? B - b0 : kRows);
   const int ksteps = int(D / M::kK), parity_bytes = kRows * plan.a_row;
-  const T* wx = static_cast<const T*>(p.wx);
   const T* r = static_cast<const T*>(p.r);
-  const T* bias = static_cast<const T*>(p.bias);
-  T* states = static_cast<T*>(p.states);
-  T* saved = static_cast<T*>(p.saved);
-  const int64_t step_stride = B * ND, state_stride = (steps + 1) * step_stride;
 
   unsigned char* hs = smem;  // [parity][row][a_row bytes]
   float* const red_base = reinterpret_cast<float*>(smem + plan.red_offset);  // [parity][k-group][row][gate * 32 + unit]
@@ -58,23 +53,15 @@ __global__ void __launch_bounds__(cluster::kThreads, 1)
     M::load_b(f, r + ((k * N + n) * D + u0 + 8 * j) * D + int64_t(ks) * M::kK, D);
     rs[i * 32 + lane] = make_uint2(f[0], f[1]);
   }
-  for (int i = tid; i < 2 * parity_bytes / 4; i += cluster::kThreads) reinterpret_cast<uint32_t*>(hs)[i] = 0u;
-  if (tid == 0) {
-    mbar_init(&arrived[0]);
-    mbar_init(&arrived[1]);
-  }
-  cluster_sync();  // every CTA runs, its barriers are set and its rows past the batch are zero
+  start_cluster_exchange(hs, 2 * parity_bytes, arrived);
 
   // Pointwise threads: (row, unit pair) = (tid / 16, tid % 16), units u0 + 2 * pair and + 1.
   const int prow = tid / (kU / 2), pair = tid % (kU / 2);
   const int64_t pb = b0 + prow, unit = u0 + 2 * pair;
   const bool pw = prow < valid_rows;
   const uint32_t h_slot = smem_addr(hs + prow * plan.a_row + unit * int64_t(sizeof(T)));
-  float bb[kGb][2] = {}, st[2][kS] = {};
-  typename Pair<T>::type wxn[kGw];  // Wx of the next step, loaded a step ahead (converted when used)
-  T* out_states = states + pb * ND + n * D + unit;
-  T* out_saved = saved == nullptr ? nullptr : saved + pb * kSaved * ND + n * D + unit;
-  const T* wx_row = wx + pb * p.wx_stride_b + n * D + unit;
+  multi::ForwardPair<Cell, T> cell(p, pb, n, unit, pw);
+  const auto& st = cell.st;
   // h_t into parity t % 2 of every CTA of the cluster, at addresses from one mapa per rank made
   // up front (a mapa per store: LSTM 256 x 3 1.62 ms against 1.36). (Gathering 8 units into one
   // 16-byte store per lane, lanes spread over the ranks, measured slower: 1.98 against 1.61 us
@@ -92,19 +79,9 @@ __global__ void __launch_bounds__(cluster::kThreads, 1)
     }
   };
   const unsigned step_bytes = unsigned(valid_rows * D * int64_t(sizeof(T)));
-  auto load_wx = [&](int64_t t) {
-#pragma unroll
-    for (int k = 0; k < kGw; ++k) wxn[k] = load_pair_raw(wx_row + t * p.wx_stride_t + k * ND);
-  };
-  if (pw) {
-#pragma unroll
-    for (int k = 0; k < kGb; ++k) load_pair(bias + (k * N + n) * D + unit, bb[k][0], bb[k][1]);
-#pragma unroll
-    for (int s = 0; s < kS; ++s) load_pair(out_states + s * state_stride, st[0][s], st[1][s]);
-    if (steps > 0) {
-      publish(0);
-      load_wx(0);
-    }
+  if (pw && steps > 0) {
+    publish(0);
+    cell.load_wx(0);
   }
 
   const int kg = warp % cluster::kForwardKGroups, ng = warp / cluster::kForwardKGroups;
@@ -139,7 +116,6 @@ __global__ void __launch_bounds__(cluster::kThreads, 1)
                                      (ng * kNt + j) * 8 + 2 * q) = make_float2(acc[k][j][2 * h], acc[k][j][2 * h + 1]);
     __syncthreads();  // partial sums complete
 
-    float sv[2][kSaved];
     if (pw) {
       float2 rh_pair[kGr];  // R h_{t-1} at this thread's two units, summed over the k-groups
 #pragma unroll
@@ -152,35 +128,12 @@ __global__ void __launch_bounds__(cluster::kThreads, 1)
           rh_pair[k].x += v.x;
           rh_pair[k].y += v.y;
         }
-#pragma unroll
-      for (int u = 0; u < 2; ++u) {
-        // As in the single-CTA kernel: each gate's sum sits in exactly one of rh, wx, b.
-        float rh[kGr], wu[kGw], bu[kGb];
-#pragma unroll
-        for (int k = 0; k < kGr; ++k) rh[k] = u == 0 ? rh_pair[k].x : rh_pair[k].y;
-#pragma unroll
-        for (int k = 0; k < kGw; ++k) {
-          float w2[2];
-          unpack_pair(wxn[k], w2[0], w2[1]);
-          wu[k] = w2[u];
-        }
-#pragma unroll
-        for (int k = 0; k < kGb; ++k) bu[k] = bb[k][u];
-        Cell::template forward<Math>(rh, wu, bu, st[u], sv[u]);
-        if (p.forward_clip) st[u][0] = fminf(fmaxf(st[u][0], -clip), clip);
-      }
+      cell.template step<Math>(rh_pair, p.forward_clip, clip);
       if (t < steps) {
         publish(t);
-        load_wx(t);
+        cell.load_wx(t);
       }
-      out_states += step_stride;
-#pragma unroll
-      for (int s = 0; s < kS; ++s) store_pair(out_states + s * state_stride, st[0][s], st[1][s]);
-      if (out_saved != nullptr) {
-#pragma unroll
-        for (int k = 0; k < kSaved; ++k) store_pair(out_saved + k * ND, sv[0][k], sv[1][k]);
-        out_saved += step_stride * kSaved;
-      }
+      cell.store();
     }
   }
 #endif

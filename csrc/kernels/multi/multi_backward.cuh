@@ -21,6 +21,7 @@
 #include "cluster_backward.cuh"
 #include "cluster_launch.h"
 #include "cooperative.cuh"
+#include "pointwise.cuh"
 
 namespace flashrnn {
 
@@ -30,7 +31,7 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
   static_assert(cells::Cell<Cell>, "see cells/elman.cuh for what a cell must define");
   using M = Mma<T>;
   using Math = MathFor<T>;
-  constexpr int kGr = Cell::kGatesR, kGb = Cell::kGatesB, kS = Cell::kStates, kSaved = Cell::kSaved;
+  constexpr int kGr = Cell::kGatesR, kGb = Cell::kGatesB;
   constexpr int kThreads = multi::kThreads, kChains = 4;
 
   extern __shared__ __align__(128) unsigned char smem[];
@@ -40,11 +41,7 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
   const int64_t u0 = int64_t(blockIdx.x) * multi::kUnits, b0 = int64_t(blockIdx.y) * rows, n = blockIdx.z;
   const int valid_rows = int(B - b0 < rows ? B - b0 : rows);
   const T* r = static_cast<const T*>(p.r);
-  const T* states = static_cast<const T*>(p.states);
-  const T* saved = static_cast<const T*>(p.saved);
-  const T* grad = static_cast<const T*>(p.grad_states);
   T* dg_out = static_cast<T*>(p.dg);
-  const int64_t step_stride = B * ND, state_stride = (steps + 1) * step_stride;
 
   unsigned char* stage = smem;  // a gate chunk of dg_{t+1}: [row][gate in chunk][D], plan.a_row bytes per row
   float* red = reinterpret_cast<float*>(smem + plan.red_offset);  // [k-group][row][unit]
@@ -150,68 +147,16 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
       rec[1] += v.y;
     }
   };
-  const float clip = p.recurrent_clip_value;
-  auto carried = [&](float rec, float pointwise) {
-    const float v = rec + pointwise;
-    return p.recurrent_clip ? fminf(fmaxf(v, -clip), clip) : v;
-  };
 
-  // This thread's inputs of step t, loaded a step ahead: saved[t-1], states[:, t-1], grad_states[:, t].
-  const int64_t at = pb * ND + n * D + unit;
-  // (Loaded raw and converted when used, so the loads do not stall the thread until then.)
-  float st[2][kS], dsc[2][kS];
-  typename Pair<T>::type nsv[kSaved], nsp[kS], ngs[kS];
-  auto load_step = [&](int64_t t) {
-#pragma unroll
-    for (int k = 0; k < kSaved; ++k)
-      nsv[k] = load_pair_raw(saved + (t - 1) * kSaved * step_stride + pb * kSaved * ND + k * ND + n * D + unit);
-#pragma unroll
-    for (int s = 0; s < kS; ++s) {
-      nsp[s] = load_pair_raw(states + s * state_stride + (t - 1) * step_stride + at);
-      ngs[s] = load_pair_raw(grad + s * state_stride + t * step_stride + at);
-    }
-  };
-  if (pw) {
-#pragma unroll
-    for (int s = 0; s < kS; ++s) {
-      load_pair(states + s * state_stride + steps * step_stride + at, st[0][s], st[1][s]);
-      dsc[0][s] = dsc[1][s] = 0.f;
-    }
-    if (steps >= 1) load_step(steps);
-  }
+  multi::BackwardPair<Cell, T> cell(p, pb, n, unit, pw);
 
   for (int64_t t = steps; t >= 1; --t) {
     float rec[2] = {0.f, 0.f};
     if (t < steps && !p.recurrent_cut) recurrent(t + 1, rec);
     if (pw) {
-      float sv[kSaved][2], sp[kS][2], gs[kS][2];
-#pragma unroll
-      for (int k = 0; k < kSaved; ++k) unpack_pair(nsv[k], sv[k][0], sv[k][1]);
-#pragma unroll
-      for (int s = 0; s < kS; ++s) {
-        unpack_pair(nsp[s], sp[s][0], sp[s][1]);
-        unpack_pair(ngs[s], gs[s][0], gs[s][1]);
-      }
-      if (t > 1) load_step(t - 1);
       float dg[2][kGb];
-#pragma unroll
-      for (int u = 0; u < 2; ++u) {
-        float svu[kSaved], spu[kS], ds[kS];
-#pragma unroll
-        for (int k = 0; k < kSaved; ++k) svu[k] = sv[k][u];
-#pragma unroll
-        for (int s = 0; s < kS; ++s) {
-          spu[s] = sp[s][u];
-          ds[s] = dsc[u][s] + gs[s][u];
-        }
-        ds[0] = carried(rec[u], dsc[u][0]) + gs[0][u];
-        Cell::template backward<Math>(svu, spu, st[u], ds, dg[u]);
-#pragma unroll
-        for (int s = 0; s < kS; ++s) {
-          dsc[u][s] = ds[s];
-          st[u][s] = spu[s];
-        }
-      }
+      cell.template step<Math>(rec, dg);
+      if (t > 1) cell.load_step(t - 1);
       T* out = dg_out + (pb * steps + t - 1) * kGb * ND + n * D + unit;
 #pragma unroll
       for (int k = 0; k < kGb; ++k) store_pair(out + k * ND, dg[0][k], dg[1][k]);
@@ -226,24 +171,12 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
   // dL/ds_0 = what reaches the initial states: carried paths + the gradient on states[:, 0].
   float rec[2] = {0.f, 0.f};
   if (steps >= 1 && !p.recurrent_cut) recurrent(1, rec);
-  if (!pw) return;
-  T* d0 = static_cast<T*>(p.dstates0);
-#pragma unroll
-  for (int s = 0; s < kS; ++s) {
-    float g0, g1;
-    load_pair(grad + s * state_stride + at, g0, g1);
-    float v0 = dsc[0][s], v1 = dsc[1][s];
-    if (s == 0) {
-      v0 = carried(rec[0], v0);
-      v1 = carried(rec[1], v1);
-    }
-    store_pair(d0 + s * step_stride + at, v0 + g0, v1 + g1);
-  }
+  if (pw) cell.finish(rec, static_cast<T*>(p.dstates0));
 }
 
-// Workspace: the weight-gradient partial sums (weight_grad.cuh), then the progress counters.
 // The cluster variant where it runs (see launch_multi_forward), else the L2 variant; then the
-// weight gradients.
+// weight gradients. Workspace: the weight-gradient partial sums (weight_grad.cuh), then the L2
+// variant's progress counters.
 template <class Cell, class T>
 void launch_multi_backward(const BackwardParams& p, const DeviceLimits& device, cudaStream_t stream) {
   cluster::Plan cplan;

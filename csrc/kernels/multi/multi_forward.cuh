@@ -21,6 +21,7 @@
 #include "cluster_forward.cuh"
 #include "cluster_launch.h"
 #include "cooperative.cuh"
+#include "pointwise.cuh"
 
 namespace flashrnn {
 
@@ -39,23 +40,17 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
   static_assert(cells::Cell<Cell>, "see cells/elman.cuh for what a cell must define");
   using M = Mma<T>;
   using Math = MathFor<T>;
-  constexpr int kGr = Cell::kGatesR, kGw = Cell::kGatesW, kGb = Cell::kGatesB;
-  constexpr int kS = Cell::kStates, kSaved = Cell::kSaved, kThreads = multi::kThreads;
+  constexpr int kGr = Cell::kGatesR, kThreads = multi::kThreads;
   constexpr int kRed = multi::red_stride(kGr);
 
   extern __shared__ __align__(128) unsigned char smem[];
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, q = lane % 4;
-  const int64_t B = p.batch, steps = p.steps, N = p.heads, D = p.head_dim, ND = N * D;
+  const int64_t B = p.batch, steps = p.steps, N = p.heads, D = p.head_dim;
   const int rows = plan.rows(), mt_count = plan.mt, k_groups = multi::kWarps / mt_count;
   const int64_t u0 = int64_t(blockIdx.x) * multi::kUnits, b0 = int64_t(blockIdx.y) * rows, n = blockIdx.z;
   const int valid_rows = int(B - b0 < rows ? B - b0 : rows);
   const int ksteps = int(D / M::kK);
-  const T* wx = static_cast<const T*>(p.wx);
   const T* r = static_cast<const T*>(p.r);
-  const T* bias = static_cast<const T*>(p.bias);
-  T* states = static_cast<T*>(p.states);
-  T* saved = static_cast<T*>(p.saved);
-  const int64_t step_stride = B * ND, state_stride = (steps + 1) * step_stride;
 
   unsigned char* hs = smem;  // h_{t-1} rows, plan.a_row bytes each
   float* red = reinterpret_cast<float*>(smem + plan.red_offset);  // [k-group][row][gate * 8 + unit]
@@ -83,11 +78,8 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
   const int prow = tid / 4, pair = tid % 4;
   const int64_t pb = b0 + prow, unit = u0 + 2 * pair;
   const bool pw = prow < valid_rows;
-  float bb[kGb][2] = {}, st[2][kS] = {};
-  typename Pair<T>::type wxn[kGw];  // Wx of the next step, loaded a step ahead (converted when used)
-  T* out_states = states + pb * ND + n * D + unit;
-  T* out_saved = saved == nullptr ? nullptr : saved + pb * kSaved * ND + n * D + unit;
-  const T* wx_row = wx + pb * p.wx_stride_b + n * D + unit;
+  multi::ForwardPair<Cell, T> cell(p, pb, n, unit, pw);
+  const auto& st = cell.st;
   auto publish = [&](int64_t t) {  // h_t, tag t + 1
     const uint64_t tag = uint64_t(t + 1) << 32;
     uint64_t* dst = exchange(int(t & 1), pb) + unit * int64_t(sizeof(T)) / 4;
@@ -98,17 +90,9 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
       st_relaxed_gpu(dst + 1, tag | __float_as_uint(st[1][0]));
     }
   };
-  auto load_wx = [&](int64_t t) {
-#pragma unroll
-    for (int k = 0; k < kGw; ++k) wxn[k] = load_pair_raw(wx_row + t * p.wx_stride_t + k * ND);
-  };
   if (pw) {
-#pragma unroll
-    for (int k = 0; k < kGb; ++k) load_pair(bias + (k * N + n) * D + unit, bb[k][0], bb[k][1]);
-#pragma unroll
-    for (int s = 0; s < kS; ++s) load_pair(out_states + s * state_stride, st[0][s], st[1][s]);
     publish(0);
-    if (steps > 0) load_wx(0);
+    if (steps > 0) cell.load_wx(0);
   }
 
   const int mt = warp % mt_count, kg = warp / mt_count;
@@ -195,34 +179,10 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
         rh_pair[k].y += v.y;
       }
     }
-    float sv[2][kSaved];
-#pragma unroll
-    for (int u = 0; u < 2; ++u) {
-      // As in the single-CTA kernel: each gate's sum sits in exactly one of rh, wx, b.
-      float rh[kGr], wu[kGw], bu[kGb];
-#pragma unroll
-      for (int k = 0; k < kGr; ++k) rh[k] = u == 0 ? rh_pair[k].x : rh_pair[k].y;
-#pragma unroll
-      for (int k = 0; k < kGw; ++k) {
-        float w2[2];
-        unpack_pair(wxn[k], w2[0], w2[1]);
-        wu[k] = w2[u];
-      }
-#pragma unroll
-      for (int k = 0; k < kGb; ++k) bu[k] = bb[k][u];
-      Cell::template forward<Math>(rh, wu, bu, st[u], sv[u]);
-      if (p.forward_clip) st[u][0] = fminf(fmaxf(st[u][0], -clip), clip);
-    }
+    cell.template step<Math>(rh_pair, p.forward_clip, clip);
     publish(t);
-    if (t < steps) load_wx(t);
-    out_states += step_stride;
-#pragma unroll
-    for (int s = 0; s < kS; ++s) store_pair(out_states + s * state_stride, st[0][s], st[1][s]);
-    if (out_saved != nullptr) {
-#pragma unroll
-      for (int k = 0; k < kSaved; ++k) store_pair(out_saved + k * ND, sv[0][k], sv[1][k]);
-      out_saved += step_stride * kSaved;
-    }
+    if (t < steps) cell.load_wx(t);
+    cell.store();
   }
 }
 

@@ -140,8 +140,11 @@ Family fused_family(CellKind cell, DType dtype, int64_t batch, int64_t heads, in
 int64_t forward_workspace_floats(Family family, CellKind cell, DType dtype, int64_t batch, int64_t heads,
                                  int64_t head_dim) {
   // The alternating family carries the fp32 states between launches; the fused one in registers;
-  // the multi-CTA one needs its h exchange (64-bit words).
-  if (family == Family::kMulti) return 2 * multi::exchange_words(batch, heads, head_dim, element_size(dtype));
+  // the multi-CTA one needs its h exchange and progress flags (32-bit words).
+  if (family == Family::kMulti) {
+    const int esize = element_size(dtype);
+    return multi::exchange_words(batch, heads, head_dim, esize) + multi::flag_words(batch, heads, head_dim, esize);
+  }
   return family == Family::kAlternating ? info_of(cell).states * batch * heads * head_dim : 0;
 }
 

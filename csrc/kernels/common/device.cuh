@@ -282,15 +282,7 @@ __device__ __forceinline__ void cp_async_wait_at_most(int pending) {
 }
 
 // ---- communication between the CTAs of one head (multi-CTA kernels) -------------------------
-// 64-bit relaxed accesses at GPU scope: single-copy atomic, not cached in the (incoherent) L1.
-__device__ __forceinline__ uint64_t ld_relaxed_gpu(const uint64_t* p) {
-  uint64_t v;
-  asm volatile("ld.relaxed.gpu.global.b64 %0, [%1];" : "=l"(v) : "l"(p) : "memory");
-  return v;
-}
-__device__ __forceinline__ void st_relaxed_gpu(uint64_t* p, uint64_t v) {
-  asm volatile("st.relaxed.gpu.global.b64 [%0], %1;" ::"l"(p), "l"(v) : "memory");
-}
+// Progress flags at GPU scope: relaxed polls (not cached in the incoherent L1), acquire/release.
 __device__ __forceinline__ unsigned ld_relaxed_gpu(const unsigned* p) {
   unsigned v;
   asm volatile("ld.relaxed.gpu.global.b32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");

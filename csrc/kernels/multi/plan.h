@@ -95,15 +95,15 @@ constexpr const char* make_plan(Plan& p, bool backward, int gates_r, int esize, 
   return nullptr;
 }
 
-// Forward scratch: the h exchange, [2 parities][heads][padded batch][words per row] 64-bit words,
-// each 32 bits of h (two 16-bit or one fp32 value) and a 32-bit step tag.
+// Forward scratch: the h exchange, [2 parities][heads][padded batch][words per row] 32-bit words
+// (the flags follow: flag_words()).
 constexpr long long exchange_words(long long batch, long long heads, long long head_dim, int esize) {
   const int mt = m_tiles(batch, head_dim, esize);
   const long long padded = (batch + 16 * mt - 1) / (16 * mt) * (16 * mt);
   return 2 * heads * padded * (head_dim * esize / 4);
 }
 
-// Backward scratch: one 32-bit progress counter per CTA.
+// Progress flags (forward and backward): one 32-bit counter per CTA.
 constexpr long long flag_words(long long batch, long long heads, long long head_dim, int esize) {
   const int mt = m_tiles(batch, head_dim, esize);
   return heads * ((batch + 16 * mt - 1) / (16 * mt)) * (head_dim / kUnits);

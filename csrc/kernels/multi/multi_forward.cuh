@@ -8,10 +8,11 @@
 // every CTA has published h_t, which each did after copying h_{t-1}. (The first version stored
 // each word with its step tag and polled the data itself: 2x the bytes, and an exchange
 // microbenchmark measured 3.23 against 2.58 us per step for flags at 96 CTAs x 64 words.)
-// Per step: poll h_{t-1} into shared memory; warp (m-tile, k-group) multiplies its rows by its
+// Per step: wait for the flags and copy h_{t-1} into shared memory; warp (m-tile, k-group)
+// multiplies its rows by its
 // k-steps of every gate's 8-unit slice of R (m16n8k16; 3xTF32 for fp32); the k-groups' partial
-// sums meet in shared memory; 4 threads per batch row run the cell on 2 units each, publish
-// h_t, write the states and saved values, and load Wx for the next step.
+// sums meet in shared memory; 4 threads per batch row run the cell on 2 units each and load Wx
+// for the next step; h_t is published; the states and saved values are written.
 #pragma once
 
 #include "../../common/check.h"

@@ -1,4 +1,5 @@
-// The multi-CTA fused family: heads too large for one SM (above the fused head-dim buckets).
+// The multi-CTA fused family: heads too large for one SM (above the fused head-dim buckets). This
+// is the plan of its L2 variant (every device); cluster_plan.h plans the sm_90 cluster variant.
 //
 // One head's units are split over `slices` CTAs of 8 units each; together with its batch group
 // (16 * mt rows) a CTA runs all T steps and exchanges each step's result with the other CTAs of

@@ -297,7 +297,6 @@ __device__ __forceinline__ void st_release_gpu(unsigned* p, unsigned v) {
   asm volatile("st.release.gpu.global.b32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
 }
 
-
 // ---- thread-block clusters (sm_90; the cluster kernels only run there) ----------------------
 // Every thread of every CTA of the cluster arrives and waits (release/acquire at cluster scope).
 __device__ __forceinline__ void cluster_sync() {
@@ -374,7 +373,7 @@ __device__ __forceinline__ void pack_words(const float (&v)[kValues], uint32_t (
 }
 
 // mbarriers (sm_90 cluster kernels): one arrival per phase (the local arm below) plus the bytes
-// that peers' st_async_pair() deliver. Bytes may land before the arm (the count goes negative).
+// that peers' st_async_words() deliver. Bytes may land before the arm (the count goes negative).
 __device__ __forceinline__ void mbar_init(uint64_t* bar) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(smem_addr(bar)) : "memory");

@@ -52,12 +52,11 @@ __global__ void __launch_bounds__(cluster::kThreads, 1)
 
   extern __shared__ __align__(128) unsigned char smem[];
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, q = lane % 4;
-  const int64_t B = p.batch, steps = p.steps, N = p.heads, D = p.head_dim, ND = N * D;
+  const int64_t B = p.batch, steps = p.steps, N = p.heads, D = p.head_dim;
   const int64_t u0 = int64_t(blockIdx.x) * kU, b0 = int64_t(blockIdx.y) * kRows, n = blockIdx.z;
   const int valid_rows = int(B - b0 < kRows ? B - b0 : kRows);
   const int ksteps = int(kGr * D / M::kK), parity_bytes = kRows * plan.a_row;
   const T* r = static_cast<const T*>(p.r);
-  T* dg_out = static_cast<T*>(p.dg);
 
   // The stage's K order: (unit, gate) for an even number of gates, where a thread's dg for its two
   // units and all gates is one contiguous 16- or 32-byte piece (one or two stores per peer);
@@ -168,9 +167,7 @@ __global__ void __launch_bounds__(cluster::kThreads, 1)
         }
       }
       if (t > 1) cell.load_step(t - 1);
-      T* out = dg_out + (pb * steps + t - 1) * kGb * ND + n * D + unit;  // dg is [B, T, Gb, N, D]
-#pragma unroll
-      for (int k = 0; k < kGb; ++k) store_pair(out + k * ND, dg[0][k], dg[1][k]);
+      cell.store_dg(t, dg);
     }
   }
 

@@ -61,16 +61,14 @@ __global__ void __launch_bounds__(cluster::kThreads, 1)
   const bool pw = prow < valid_rows;
   const uint32_t h_slot = smem_addr(hs + prow * plan.a_row + unit * int64_t(sizeof(T)));
   multi::ForwardPair<Cell, T> cell(p, pb, n, unit, pw);
-  const auto& st = cell.st;
   // h_t into parity t % 2 of every CTA of the cluster, at addresses from one mapa per rank made
   // up front (a mapa per store: LSTM 256 x 3 1.62 ms against 1.36). (Gathering 8 units into one
   // 16-byte store per lane, lanes spread over the ranks, measured slower: 1.98 against 1.61 us
   // per step.)
   const PeerWindows<cluster::kMaxSize> peers(smem_addr(&arrived[0]), plan.size);
   auto publish = [&](int64_t t) {
-    const float h[2] = {st[0][0], st[1][0]};
-    uint32_t w[sizeof(T) == 4 ? 2 : 1];
-    pack_words<T>(h, w);
+    uint32_t w[multi::kWordsPerPair<T>];
+    cell.h_words(w);
     const uint32_t local = h_slot + uint32_t(t & 1) * parity_bytes, bar = smem_addr(&arrived[t & 1]);
 #pragma unroll
     for (int rank = 0; rank < cluster::kMaxSize; ++rank) {

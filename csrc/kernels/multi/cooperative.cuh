@@ -7,14 +7,38 @@
 
 #include "../../common/check.h"
 #include "../../common/params.h"
+#include "../common/device.cuh"
 #include "plan.h"
 
 namespace flashrnn::multi {
 
-// A poll (the forward's tagged words, the backward's counters) that has not seen what it waits
-// for after this many rounds means a broken launch: the kernel traps (a CUDA error, raised in
-// Python) rather than hanging the GPU.
+// A poll of the progress flags that has not seen what it waits for after this many rounds means a
+// broken launch: the kernel traps (a CUDA error, raised in Python) rather than hanging the GPU.
 constexpr long long kMaxPolls = 1LL << 26;
+
+// Waits until each of the `count` progress flags of this CTA's (head, batch group) is at least
+// `want` (threads of the block poll one flag each, relaxed: no L1 invalidation per poll; then one
+// acquire per flag), then meets the whole block: every write released before those flags is
+// visible to every thread after it. Called by all threads.
+__device__ __forceinline__ void wait_for_flags(const unsigned* flags, int count, unsigned want) {
+  for (int i = threadIdx.x; i < count; i += blockDim.x) {
+    long long polls = 0;
+    while (ld_relaxed_gpu(flags + i) < want) {
+      if (++polls > kMaxPolls) __trap();
+      __nanosleep(32);
+    }
+    ld_acquire_gpu(flags + i);
+  }
+  __syncthreads();
+}
+
+// Meets the whole block (every thread's writes before it are done), then sets this CTA's flag to
+// `value`; the release store orders every write the barrier made visible to thread 0
+// (cumulativity). Called by all threads.
+__device__ __forceinline__ void release_flag(unsigned* flag, unsigned value) {
+  __syncthreads();
+  if (threadIdx.x == 0) st_release_gpu(flag, value);
+}
 
 template <class... Params, class... Args>
 void launch_cooperative(void (*kernel)(Params...), const Plan& plan, const DeviceLimits& device, cudaStream_t stream,

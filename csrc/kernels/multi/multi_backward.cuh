@@ -71,16 +71,7 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
   // rec = (dg_s R)[prow, unit..unit+1] for step s (dg_s is stored at dg index s - 1), once every
   // CTA of this (head, group) has published step s. Called by all threads (it synchronizes).
   auto recurrent = [&](int64_t s, float (&rec)[2]) {
-    const unsigned want = unsigned(steps - s + 1);
-    for (int i = tid; i < plan.slices; i += kThreads) {
-      long long tries = 0;
-      while (ld_relaxed_gpu(group_flags + i) < want) {  // relaxed: no L1 invalidation per poll
-        if (++tries > multi::kMaxPolls) __trap();
-        __nanosleep(32);
-      }
-      ld_acquire_gpu(group_flags + i);  // one acquire orders the reads below after the flag
-    }
-    __syncthreads();  // every CTA's dg_s is visible to the whole CTA
+    multi::wait_for_flags(group_flags, plan.slices, unsigned(steps - s + 1));  // every CTA's dg_s is visible
     const int mt = warp % mt_count, kg = warp / mt_count;
     const uint32_t a_src = smem_addr(stage + (mt * 16 + (lane & 15)) * plan.a_row) + (lane >> 4) * 16;
     const T* dg_s = dg_out + (b0 * steps + s - 1) * kGb * ND + n * D;  // dg is [B, T, Gb, N, D]
@@ -157,15 +148,9 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
       float dg[2][kGb];
       cell.template step<Math>(rec, dg);
       if (t > 1) cell.load_step(t - 1);
-      T* out = dg_out + (pb * steps + t - 1) * kGb * ND + n * D + unit;
-#pragma unroll
-      for (int k = 0; k < kGb; ++k) store_pair(out + k * ND, dg[0][k], dg[1][k]);
+      cell.store_dg(t, dg);
     }
-    if (!p.recurrent_cut) {
-      __syncthreads();  // this CTA's dg_t is written
-      // The release store orders every write the barrier made visible to thread 0 (cumulativity).
-      if (tid == 0) st_release_gpu(group_flags + blockIdx.x, unsigned(steps - t + 1));
-    }
+    if (!p.recurrent_cut) multi::release_flag(group_flags + blockIdx.x, unsigned(steps - t + 1));  // dg_t is out
   }
 
   // dL/ds_0 = what reaches the initial states: carried paths + the gradient on states[:, 0].

@@ -9,9 +9,8 @@
 // each word with its step tag and polled the data itself: 2x the bytes, and an exchange
 // microbenchmark measured 3.23 against 2.58 us per step for flags at 96 CTAs x 64 words.)
 // Per step: wait for the flags and copy h_{t-1} into shared memory; warp (m-tile, k-group)
-// multiplies its rows by its
-// k-steps of every gate's 8-unit slice of R (m16n8k16; 3xTF32 for fp32); the k-groups' partial
-// sums meet in shared memory; 4 threads per batch row run the cell on 2 units each and load Wx
+// multiplies its rows by its k-steps of every gate's 8-unit slice of R (m16n8k16; 3xTF32 for
+// fp32); the k-groups' partial sums meet in shared memory; 4 threads per batch row run the cell on 2 units each and load Wx
 // for the next step; h_t is published; the states and saved values are written.
 #pragma once
 
@@ -25,11 +24,6 @@
 #include "pointwise.cuh"
 
 namespace flashrnn {
-
-namespace multi {
-// 32-bit exchange words per unit pair: one for two 16-bit values, two for two fp32 values.
-template <class T> constexpr int kWordsPerPair = sizeof(T) == 4 ? 2 : 1;
-}  // namespace multi
 
 template <class Cell, class T>
 __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
@@ -80,16 +74,13 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
   multi::ForwardPair<Cell, T> cell(p, pb, n, unit, pw);
   auto publish = [&](int64_t t) {  // h_t into parity t % 2 (pointwise threads), then the flag t + 1
     if (pw) {
-      const float h[2] = {cell.st[0][0], cell.st[1][0]};
       uint32_t w[multi::kWordsPerPair<T>];
-      pack_words<T>(h, w);
+      cell.h_words(w);
       uint32_t* dst = exchange(int(t & 1), pb) + unit * int64_t(sizeof(T)) / 4;
 #pragma unroll
       for (int i = 0; i < multi::kWordsPerPair<T>; ++i) dst[i] = w[i];
     }
-    __syncthreads();  // this CTA's h_t is written
-    // The release store orders every write the barrier made visible to thread 0 (cumulativity).
-    if (tid == 0) st_release_gpu(group_flags + blockIdx.x, unsigned(t + 1));
+    multi::release_flag(group_flags + blockIdx.x, unsigned(t + 1));
   };
   if (pw && steps > 0) cell.load_wx(0);
   if (steps > 0) publish(0);
@@ -103,15 +94,7 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
     // acquire), then copy its valid rows into hs through L2 (cp.async.cg: no stale L1 line of
     // the parity's use two steps ago). A CTA publishes h_{t+1} into this parity again only after
     // every CTA has published h_t, i.e. after every CTA's copy of h_{t-1}.
-    for (int i = tid; i < plan.slices; i += kThreads) {
-      long long polls = 0;
-      while (ld_relaxed_gpu(group_flags + i) < unsigned(t)) {
-        if (++polls > multi::kMaxPolls) __trap();
-        __nanosleep(32);
-      }
-      ld_acquire_gpu(group_flags + i);
-    }
-    __syncthreads();  // every CTA's h_{t-1} is visible to the whole CTA
+    multi::wait_for_flags(group_flags, plan.slices, unsigned(t));  // every CTA's h_{t-1} is visible
     {
       const uint32_t* src = exchange(int((t - 1) & 1), b0);
       for (int i = tid; i < valid_rows * pieces; i += kThreads) {

@@ -9,6 +9,9 @@
 
 namespace flashrnn::multi {
 
+// 32-bit words of a unit pair of h: one for two 16-bit values, two for two fp32 values.
+template <class T> constexpr int kWordsPerPair = sizeof(T) == 4 ? 2 : 1;
+
 template <class Cell, class T>
 struct ForwardPair {
   static constexpr int kGr = Cell::kGatesR, kGw = Cell::kGatesW, kGb = Cell::kGatesB;
@@ -38,6 +41,12 @@ struct ForwardPair {
     for (int k = 0; k < kGb; ++k) load_pair(bias + (k * p.heads + n) * D + unit, bb[k][0], bb[k][1]);
 #pragma unroll
     for (int s = 0; s < kS; ++s) load_pair(out_states + s * state_stride, st[0][s], st[1][s]);
+  }
+
+  // h of the two units as the exchange carries it (rounded to T).
+  __device__ void h_words(uint32_t (&w)[kWordsPerPair<T>]) const {
+    const float h[2] = {st[0][0], st[1][0]};
+    pack_words<T>(h, w);
   }
 
   __device__ void load_wx(int64_t t) {
@@ -89,6 +98,7 @@ struct BackwardPair {
   const T* saved;
   const T* states;
   const T* grad;
+  T* dg_row;  // dg [B, T, Gb, N, D] at this thread's row, head and units, step 1
   int64_t at, saved_at, step_stride, state_stride, nd;
   bool clip;
   float clip_value;
@@ -105,6 +115,7 @@ struct BackwardPair {
     saved = static_cast<const T*>(p.saved);
     states = static_cast<const T*>(p.states);
     grad = static_cast<const T*>(p.grad_states);
+    dg_row = static_cast<T*>(p.dg) + pb * p.steps * kGb * nd + n * D + unit;
     clip = p.recurrent_clip;
     clip_value = p.recurrent_clip_value;
     if (!active) return;
@@ -159,6 +170,13 @@ struct BackwardPair {
         st[u][s] = spu[s];
       }
     }
+  }
+
+  // dg of step t, which is also dWx and feeds dR/db.
+  __device__ void store_dg(int64_t t, const float (&dg)[2][kGb]) const {
+    T* out = dg_row + (t - 1) * kGb * nd;
+#pragma unroll
+    for (int k = 0; k < kGb; ++k) store_pair(out + k * nd, dg[0][k], dg[1][k]);
   }
 
   // dL/ds_0 = what reaches the initial states: carried paths (rec = dg_1 R) + grad_states[:, 0].

@@ -425,4 +425,40 @@ __device__ __forceinline__ void start_cluster_exchange(unsigned char* buffers, i
   cluster_sync();
 }
 
+// This CTA's rank in its cluster.
+__device__ __forceinline__ uint32_t cluster_rank() {
+  uint32_t rank = 0;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(rank));
+#else
+  __trap();
+#endif
+  return rank;
+}
+
+// Orders the global writes this thread has observed (generic proxy) before its later bulk
+// copies (async proxy) read them.
+__device__ __forceinline__ void fence_proxy_async_global() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("fence.proxy.async.global;" ::: "memory");
+#else
+  __trap();
+#endif
+}
+
+// One bulk copy of `bytes` (a multiple of 16; both addresses 16-byte aligned) from global memory
+// into shared memory at the same offset `dst` in every CTA of the cluster named in `mask`; each
+// of them counts the bytes on its mbarrier at offset `bar` (complete_tx).
+__device__ __forceinline__ void bulk_copy_multicast(uint32_t dst, const void* src, unsigned bytes, uint32_t bar,
+                                                    uint16_t mask) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile(
+      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster [%0], [%1], %2, [%3], %4;"
+      ::"r"(dst), "l"(src), "r"(bytes), "r"(bar), "h"(mask)
+      : "memory");
+#else
+  __trap();
+#endif
+}
+
 }  // namespace flashrnn

@@ -62,6 +62,10 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
   }
   for (int i = tid; i < rows * plan.a_row / 4; i += kThreads) reinterpret_cast<uint32_t*>(stage)[i] = 0u;
   __syncthreads();  // rows past the batch stay zero
+  __shared__ uint64_t staged;  // multicast staging: the chunk's rows have arrived
+  unsigned staged_phase = 0;
+  const bool multicast = plan.cluster > 1 && !p.recurrent_cut;
+  if (multicast) multi::start_multicast(&staged);
 
   unsigned* group_flags = flags + (n * plan.groups + blockIdx.y) * plan.slices;
   const int prow = tid / 4, pair = tid % 4;
@@ -81,14 +85,22 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
     float acc[kChains][4] = {};
     for (int k0 = 0; k0 < kGr; k0 += plan.gates_per_chunk) {
       const int gates = plan.gates_per_chunk < kGr - k0 ? plan.gates_per_chunk : kGr - k0;
-      if (crow < valid_rows)
-        for (int k = 0; k < gates; ++k)
-          for (int c = cpiece; c < copies_per_gate; c += threads_per_row)
-            cp_async_16(stage + crow * plan.a_row + (int64_t(k) * D * sizeof(T)) + c * 16,
-                        dg_s + (crow * steps * kGb + k0 + k) * ND + c * (16 / int(sizeof(T))), true);
-      cp_async_commit();
-      cp_async_wait<0>();
-      __syncthreads();  // the chunk is staged
+      if (multicast) {  // the stage is free in every CTA of the cluster (the flags, or the last chunk's meeting)
+        const int64_t esize = sizeof(T);
+        multi::multicast_rows(stage, plan.a_row, reinterpret_cast<const unsigned char*>(dg_s + k0 * ND),
+                              steps * kGb * ND * esize, ND * esize, valid_rows, gates, unsigned(D * esize),
+                              plan.cluster, &staged, staged_phase);
+        staged_phase ^= 1u;
+      } else {
+        if (crow < valid_rows)
+          for (int k = 0; k < gates; ++k)
+            for (int c = cpiece; c < copies_per_gate; c += threads_per_row)
+              cp_async_16(stage + crow * plan.a_row + (int64_t(k) * D * sizeof(T)) + c * 16,
+                          dg_s + (crow * steps * kGb + k0 + k) * ND + c * (16 / int(sizeof(T))), true);
+        cp_async_commit();
+        cp_async_wait<0>();
+        __syncthreads();  // the chunk is staged
+      }
       const int ks0 = int(k0 * D / M::kK), count = int(gates * D / M::kK);
       auto multiply = [&](auto&& fragment) {
         for (int j0 = kg; j0 < count; j0 += kChains * k_groups) {
@@ -117,7 +129,10 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
           else r_fragment(ks, f);
         });
       }
-      __syncthreads();  // the chunk is consumed
+      // The chunk is consumed: here, or with multicast staging and another chunk to come, in
+      // every CTA of the cluster (the next chunk lands in all of them).
+      if (multicast && k0 + plan.gates_per_chunk < kGr) cluster_sync();
+      else __syncthreads();
     }
     float sum[4] = {};
 #pragma unroll
@@ -147,16 +162,17 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
     if (pw) {
       float dg[2][kGb];
       cell.template step<Math>(rec, dg);
-      if (t > 1) cell.load_step(t - 1);
       cell.store_dg(t, dg);
     }
     if (!p.recurrent_cut) multi::release_flag(group_flags + blockIdx.x, unsigned(steps - t + 1));  // dg_t is out
+    if (pw && t > 1) cell.load_step(t - 1);  // after the release, which would wait for these loads
   }
 
   // dL/ds_0 = what reaches the initial states: carried paths + the gradient on states[:, 0].
   float rec[2] = {0.f, 0.f};
   if (steps >= 1 && !p.recurrent_cut) recurrent(1, rec);
   if (pw) cell.finish(rec, static_cast<T*>(p.dstates0));
+  if (multicast) cluster_sync();  // no CTA leaves while its copies may still be landing in a peer
 }
 
 // The cluster variant where it runs (see launch_multi_forward), else the L2 variant; then the
@@ -181,8 +197,7 @@ void launch_multi_backward(const BackwardParams& p, const DeviceLimits& device, 
   unsigned* flags = reinterpret_cast<unsigned*>(p.workspace + partials);
   FLASHRNN_CUDA_CHECK(cudaMemsetAsync(
       flags, 0, sizeof(unsigned) * multi::flag_words(p.batch, p.heads, p.head_dim, sizeof(T)), stream));
-  multi::launch_cooperative(multi_backward_kernel<Cell, T>, plan, device, stream, "multi_backward_kernel", p, plan,
-                            flags);
+  multi::launch_cooperative(multi_backward_kernel<Cell, T>, plan, device, stream, "multi_backward_kernel", p, flags);
   launch_weight_grad<T>(p, Cell::kGatesR, Cell::kGatesB, p.workspace, stream);
 }
 

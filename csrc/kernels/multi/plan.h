@@ -41,6 +41,8 @@ struct Plan {
   int resident = 0;          // k-steps of R fragments held in shared memory
   int smem = 0;              // dynamic shared memory per CTA
   long long ctas = 0;
+  int cluster = 1;           // sm_90: CTAs per cluster that stage the exchanged rows together
+                             // (multicast bulk copies, cooperative.cuh); 1: each CTA copies all
 
   constexpr int rows() const { return 16 * mt; }
   constexpr long long padded_batch() const { return (long long)groups * rows(); }
@@ -94,6 +96,14 @@ constexpr const char* make_plan(Plan& p, bool backward, int gates_r, int esize, 
   p.resident = int(fit < ksteps ? fit : ksteps);
   p.smem = p.r_offset + p.resident * tiles * kFragBytes;
   return nullptr;
+}
+
+// CTAs per cluster for the multicast staging: the largest portable cluster size (8, 4 or 2) that
+// divides the slices; 1 if none does.
+constexpr int multicast_cluster(int slices) {
+  for (int c = 8; c >= 2; c /= 2)
+    if (slices % c == 0) return c;
+  return 1;
 }
 
 // Forward scratch: the h exchange, [2 parities][heads][padded batch][words per row] 32-bit words

@@ -5,18 +5,21 @@ Batch 19 and head dim 48 exercise the masked tails (partial batch tile, bucket p
 of dim 16 give 144 CTAs of 8 rows, more than an H100 holds, so the fused kernels take 16-row tiles
 (and an odd chunk count in 16-bit); head dim 256 runs the multi-CTA fused kernels: in bf16 on
 sm_90 clusters of 8 CTAs exchanging through distributed shared memory, in fp32 32 CTAs per head
-exchanging through L2 (and in bf16 too with FLASHRNN_MULTI_L2=1, the last case)."""
+exchanging through L2 (and in bf16 too with FLASHRNN_MULTI_L2=1, the last two cases); on sm_90
+the L2 variant stages the exchanged rows with multicast bulk copies in clusters of 16 CTAs, and
+with FLASHRNN_MULTICAST=0 (the last case) with per-CTA copies as on sm_80/86."""
 import os
 
 import torch
 
 import flashrnn
 
-CASES = [("cuda_fused", 48, 2, ""), ("cuda_fused", 16, 48, ""), ("cuda", 48, 2, ""), ("cuda_fused", 256, 2, ""),
-         ("cuda_fused", 256, 2, "1")]
+CASES = [("cuda_fused", 48, 2, "", ""), ("cuda_fused", 16, 48, "", ""), ("cuda", 48, 2, "", ""),
+         ("cuda_fused", 256, 2, "", ""), ("cuda_fused", 256, 2, "1", ""), ("cuda_fused", 256, 2, "1", "0")]
 for function in flashrnn.CELLS:
-    for backend, D, N, multi_l2 in CASES:
+    for backend, D, N, multi_l2, multicast in CASES:
         os.environ["FLASHRNN_MULTI_L2"] = multi_l2
+        os.environ["FLASHRNN_MULTICAST"] = multicast
         for dtype in (torch.bfloat16, torch.float32):
             spec = flashrnn.CELLS[function]
             g = torch.Generator(device="cpu").manual_seed(0)
@@ -26,4 +29,4 @@ for function in flashrnn.CELLS:
             states, last = flashrnn.flashrnn(Wx, R, b, function=function, backend=backend)
             (states.float().sum() + last.float().sum()).backward()
             torch.cuda.synchronize()
-            print(f"{function} {backend} N={N} D={D} {dtype}{' (L2 variant)' if multi_l2 else ''}: ok", flush=True)
+            print(f"{function} {backend} N={N} D={D} {dtype}{' (L2 variant)' if multi_l2 else ''}{' (no multicast)' if multicast else ''}: ok", flush=True)

@@ -5,7 +5,9 @@ case first asserts which kernel family the core picks, so a silent fallback cann
 The family has two variants: clusters with distributed shared memory (sm_90, heads of 2 to 16
 CTAs of 32 units whose slice fits) and the L2 exchange (everything else); on an H100 the grid runs
 both (D 256/384 in clusters in 16-bit types, the rest through L2), FLASHRNN_MULTI_L2=1 forces the
-L2 variant for the cluster shapes, and the kernels that run are checked by name.
+L2 variant for the cluster shapes, and the kernels that run are checked by name. On sm_90 the L2
+variant stages the exchanged rows with multicast bulk copies in clusters of 16 CTAs;
+FLASHRNN_MULTICAST=8 / 0 run clusters of 8 / per-CTA copies (sm_80/86's path).
 """
 from __future__ import annotations
 
@@ -90,6 +92,21 @@ def test_multi_cta_variant_that_runs(monkeypatch):
 def test_multi_cta_l2_variant_matches_float64_where_clusters_run(shape, function, dtype, monkeypatch):
     monkeypatch.setenv("FLASHRNN_MULTI_L2", "1")
     B, T, N, D = shape
+    assert_multi(function, DTYPES[dtype], B, N, D)
+    check_against_reference(function, "cuda_fused", DTYPES[dtype], B, T, N, D)
+
+
+@pytest.mark.parametrize("multicast", ["0", "8"])
+@pytest.mark.parametrize("function", list(CELLS))
+@pytest.mark.parametrize("case", [(64, 7, 1, 768, "float16"), (19, 1024, 1, 512, "bfloat16"), (5, 7, 2, 1024, "float32")],
+                         ids=lambda c: "B{}-T{}-N{}-D{}-{}".format(*c))
+def test_multi_cta_l2_staging_modes_match_float64(case, function, multicast, monkeypatch):
+    # On sm_90 the L2 variant stages rows with multicast bulk copies in clusters of 16 CTAs (what
+    # the grid above runs); here in clusters of 8, and with per-CTA copies (what sm_80/86 run).
+    # B = 64 at D = 768 stages the backward's dg in four chunks per step.
+    monkeypatch.setenv("FLASHRNN_MULTI_L2", "1")
+    monkeypatch.setenv("FLASHRNN_MULTICAST", multicast)
+    B, T, N, D, dtype = case
     assert_multi(function, DTYPES[dtype], B, N, D)
     check_against_reference(function, "cuda_fused", DTYPES[dtype], B, T, N, D)
 

@@ -44,41 +44,65 @@ __device__ __forceinline__ void release_flag(unsigned* flag, unsigned value) {
   if (threadIdx.x == 0) st_release_gpu(flag, value);
 }
 
-// Stages `rows` x `segments` pieces of `bytes` each from global memory (piece (r, s) at src +
-// r * src_row + s * src_segment bytes) into shared memory at dst + r * dst_row + s * bytes, in this
-// CTA and every CTA of its cluster: the cluster's CTAs split the rows and multicast each piece
-// (one L2 read per cluster instead of one per CTA), and every CTA waits until all pieces have
-// arrived in its own shared memory (`bar`, phase `parity`). Called by all threads, after the
-// block met past the acquire of the data; nobody may still read the previous contents of dst in
-// any CTA of the cluster.
-__device__ __forceinline__ void multicast_rows(unsigned char* dst, int dst_row, const unsigned char* src,
-                                               int64_t src_row, int64_t src_segment, int rows, int segments,
-                                               unsigned bytes, int cluster, uint64_t* bar, unsigned parity) {
-  if (threadIdx.x == 0) mbar_arm(bar, unsigned(rows * segments) * bytes);
-  if (threadIdx.x < 32) {
-    fence_proxy_async_global();  // the peers' rows were written and acquired through the generic proxy
-    const int pieces = rows * segments, first = int(cluster_rank()), mask = (1 << cluster) - 1;
-    for (int i = first + cluster * int(threadIdx.x); i < pieces; i += 32 * cluster) {
-      const int r = i / segments, s = i - r * segments;
-      bulk_copy_multicast(smem_addr(dst + r * dst_row + s * int(bytes)), src + r * src_row + s * src_segment, bytes,
-                          smem_addr(bar), uint16_t(mask));
-    }
-  }
-  mbar_wait(bar, parity, kMaxBarrierPolls);
+// Rows of pieces to stage from global into shared memory: piece (r, s) of `bytes` (a multiple of
+// 16, 16-byte aligned) at src + r * src_row + s * src_segment; in shared memory pieces of a row
+// follow each other.
+struct Pieces {
+  const unsigned char* src;
+  int64_t src_row, src_segment;
+  int rows, segments;
+  unsigned bytes;
+};
+
+// Copies the pieces into this CTA's shared memory at dst + r * dst_row + s * bytes with cp.async
+// (one commit group; the caller waits for it): blockDim / rows threads per row walk its pieces
+// (no division per copy: with one, 768 x 1's backward took 1.4 us per step longer). Called by all
+// threads.
+__device__ __forceinline__ void copy_pieces(unsigned char* dst, int dst_row, const Pieces& from) {
+  const int per_row = int(blockDim.x) / from.rows, r = int(threadIdx.x) / per_row, first = int(threadIdx.x) - r * per_row;
+  const int per_piece = int(from.bytes / 16);
+  if (r < from.rows)
+    for (int s = 0; s < from.segments; ++s)
+      for (int c = first; c < per_piece; c += per_row)
+        cp_async_16(dst + r * dst_row + s * int(from.bytes) + c * 16,
+                    from.src + r * from.src_row + s * from.src_segment + c * 16, true);
+  cp_async_commit();
 }
 
-// Sets up the multicast staging's mbarrier (plan.cluster > 1) and meets the cluster: no peer
-// copies into this CTA before its barrier exists. Called by all threads.
-__device__ __forceinline__ void start_multicast(uint64_t* bar) {
-  if (threadIdx.x == 0) mbar_init(bar);
+// The same into this CTA and every CTA of its cluster: the cluster's CTAs split the pieces and
+// multicast each one (one L2 read per cluster instead of one per CTA); every CTA's mbarrier `bar`
+// counts the bytes landing in it (the caller waits on it: mbar_wait). Called by all threads of
+// every CTA of the cluster, once nobody in the cluster still reads the previous contents of dst
+// and past a block barrier that followed the acquire of the data.
+__device__ __forceinline__ void multicast_pieces(unsigned char* dst, int dst_row, const Pieces& from, int cluster,
+                                                 uint64_t* bar) {
+  if (threadIdx.x == 0) mbar_arm(bar, unsigned(from.rows * from.segments) * from.bytes);
+  if (threadIdx.x < 32) {
+    fence_proxy_async_global();  // the data was written and acquired through the generic proxy
+    const int pieces = from.rows * from.segments, mask = (1 << cluster) - 1;
+    for (int i = int(cluster_rank()) + cluster * int(threadIdx.x); i < pieces; i += 32 * cluster) {
+      const int r = i / from.segments, s = i - r * from.segments;
+      bulk_copy_multicast(smem_addr(dst + r * dst_row + s * int(from.bytes)),
+                          from.src + r * from.src_row + s * from.src_segment, from.bytes, smem_addr(bar), uint16_t(mask));
+    }
+  }
+}
+
+// Sets up the multicast staging's mbarriers (plan.cluster > 1) and meets the cluster: no peer
+// copies into this CTA before its barriers exist. Called by all threads.
+template <int kBars>
+__device__ __forceinline__ void start_multicast(uint64_t (&bars)[kBars]) {
+  if (threadIdx.x == 0)
+    for (int i = 0; i < kBars; ++i) mbar_init(&bars[i]);
   cluster_sync();
 }
 
 // FLASHRNN_MULTICAST=0 turns the multicast staging off (each CTA copies every row itself, as on
-// sm_80/86): tests and benchmarks compare the two on one card.
-inline bool multicast_enabled() {
+// sm_80/86), =8 keeps clusters portable: tests and benchmarks compare them on one card.
+inline int multicast_largest() {
   const char* v = std::getenv("FLASHRNN_MULTICAST");
-  return v == nullptr || std::strcmp(v, "0") != 0;
+  if (v == nullptr) return 16;
+  return std::strcmp(v, "0") == 0 ? 1 : std::strcmp(v, "8") == 0 ? 8 : 16;
 }
 
 // Launches kernel(param, plan, rest...) over (slices, groups, heads) CTAs, cooperatively. On
@@ -98,19 +122,24 @@ void launch_cooperative(void (*kernel)(Param, Plan, Rest...), Plan plan, const D
   attrs[1].id = cudaLaunchAttributeCooperative;
   attrs[1].val.cooperative = 1;
 
-  plan.cluster = device.cc_major >= 9 && multicast_enabled() ? multicast_cluster(plan.slices) : 1;
-  if (plan.cluster > 1) {
+  // The largest cluster (16 where the device allows it, else 8, 4, 2) whose clusters all fit at once.
+  int largest = device.cc_major >= 9 ? multicast_largest() : 1;
+  if (largest > 8 && cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) != cudaSuccess) {
+    (void)cudaGetLastError();
+    largest = 8;
+  }
+  for (plan.cluster = multicast_cluster(plan.slices, largest); plan.cluster > 1;
+       plan.cluster = multicast_cluster(plan.slices, plan.cluster / 2)) {
     attrs[0].val.clusterDim.x = unsigned(plan.cluster);
     attrs[0].val.clusterDim.y = 1;
     attrs[0].val.clusterDim.z = 1;
     config.attrs = attrs;
     config.numAttrs = 1;
     int clusters = 0;
-    if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &config) != cudaSuccess ||
-        (long long)clusters * plan.cluster < plan.ctas) {
-      (void)cudaGetLastError();
-      plan.cluster = 1;  // the clusters do not fit at once: plain copies
-    }
+    if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &config) == cudaSuccess &&
+        (long long)clusters * plan.cluster >= plan.ctas)
+      break;
+    (void)cudaGetLastError();
   }
   if (plan.cluster == 1) {
     int per_sm = 0;

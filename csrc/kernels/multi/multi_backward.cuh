@@ -9,7 +9,11 @@
 // partial sums meet in shared memory). Then 4 threads per batch row run the cell's backward on 2
 // units each. dR and db are reduced after this kernel (weight_grad.cuh), deterministically.
 // dg is published as exchanged (one barrier + one release per step), so the payload is the
-// rounded dg that the single-CTA kernels multiply too.
+// rounded dg that the single-CTA kernels multiply too. On sm_90 the chunks are staged by multicast
+// as in the forward (multi_forward.cuh); a chunk that is not the step's last is followed by a
+// cluster barrier, since the next one lands in every CTA of the cluster. (Double-buffered chunks,
+// copying one while multiplying the other, measured slower: the extra chunks' cluster barriers
+// cost more than the overlap gave, 768 x 1 B = 64 19.1 -> 21.8 us per step.)
 #pragma once
 
 #include "../../common/check.h"
@@ -62,10 +66,10 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
   }
   for (int i = tid; i < rows * plan.a_row / 4; i += kThreads) reinterpret_cast<uint32_t*>(stage)[i] = 0u;
   __syncthreads();  // rows past the batch stay zero
-  __shared__ uint64_t staged;  // multicast staging: the chunk's rows have arrived
+  __shared__ uint64_t staged[1];  // multicast staging: the chunk's rows have arrived
   unsigned staged_phase = 0;
   const bool multicast = plan.cluster > 1 && !p.recurrent_cut;
-  if (multicast) multi::start_multicast(&staged);
+  if (multicast) multi::start_multicast(staged);
 
   unsigned* group_flags = flags + (n * plan.groups + blockIdx.y) * plan.slices;
   const int prow = tid / 4, pair = tid % 4;
@@ -78,26 +82,20 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
     multi::wait_for_flags(group_flags, plan.slices, unsigned(steps - s + 1));  // every CTA's dg_s is visible
     const int mt = warp % mt_count, kg = warp / mt_count;
     const uint32_t a_src = smem_addr(stage + (mt * 16 + (lane & 15)) * plan.a_row) + (lane >> 4) * 16;
-    const T* dg_s = dg_out + (b0 * steps + s - 1) * kGb * ND + n * D;  // dg is [B, T, Gb, N, D]
-    const int copies_per_gate = int(D * int64_t(sizeof(T)) / 16);
-    // Copies: thread -> (row, piece); threads_per_row threads walk a row's gates piece by piece.
-    const int threads_per_row = kThreads / rows, crow = tid / threads_per_row, cpiece = tid % threads_per_row;
+    const int64_t esize = sizeof(T);
+    const unsigned char* dg_s = reinterpret_cast<const unsigned char*>(dg_out + (b0 * steps + s - 1) * kGb * ND + n * D);
     float acc[kChains][4] = {};
     for (int k0 = 0; k0 < kGr; k0 += plan.gates_per_chunk) {
       const int gates = plan.gates_per_chunk < kGr - k0 ? plan.gates_per_chunk : kGr - k0;
+      // The chunk's rows of dg_s (dg is [B, T, Gb, N, D]): one piece per (row, gate).
+      const multi::Pieces from{dg_s + k0 * ND * esize, steps * kGb * ND * esize, ND * esize, valid_rows, gates,
+                               unsigned(D * esize)};
       if (multicast) {  // the stage is free in every CTA of the cluster (the flags, or the last chunk's meeting)
-        const int64_t esize = sizeof(T);
-        multi::multicast_rows(stage, plan.a_row, reinterpret_cast<const unsigned char*>(dg_s + k0 * ND),
-                              steps * kGb * ND * esize, ND * esize, valid_rows, gates, unsigned(D * esize),
-                              plan.cluster, &staged, staged_phase);
+        multi::multicast_pieces(stage, plan.a_row, from, plan.cluster, &staged[0]);
+        mbar_wait(&staged[0], staged_phase, multi::kMaxBarrierPolls);
         staged_phase ^= 1u;
       } else {
-        if (crow < valid_rows)
-          for (int k = 0; k < gates; ++k)
-            for (int c = cpiece; c < copies_per_gate; c += threads_per_row)
-              cp_async_16(stage + crow * plan.a_row + (int64_t(k) * D * sizeof(T)) + c * 16,
-                          dg_s + (crow * steps * kGb + k0 + k) * ND + c * (16 / int(sizeof(T))), true);
-        cp_async_commit();
+        multi::copy_pieces(stage, plan.a_row, from);
         cp_async_wait<0>();
         __syncthreads();  // the chunk is staged
       }

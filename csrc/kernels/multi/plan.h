@@ -98,10 +98,10 @@ constexpr const char* make_plan(Plan& p, bool backward, int gates_r, int esize, 
   return nullptr;
 }
 
-// CTAs per cluster for the multicast staging: the largest portable cluster size (8, 4 or 2) that
-// divides the slices; 1 if none does.
-constexpr int multicast_cluster(int slices) {
-  for (int c = 8; c >= 2; c /= 2)
+// CTAs per cluster for the multicast staging: the largest cluster size up to `largest` (16, 8, 4
+// or 2) that divides the slices; 1 if none does.
+constexpr int multicast_cluster(int slices, int largest) {
+  for (int c = largest; c >= 2; c /= 2)
     if (slices % c == 0) return c;
   return 1;
 }

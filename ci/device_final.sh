@@ -13,7 +13,7 @@ if [[ $part == 1 ]]; then
   TEST_TIMEOUT=${TEST_TIMEOUT:-270} TEST_PATHS="${TEST_PATHS:-tests}" \
     bash ci/device_check.sh tests -n 4 2>&1 | grep -E "passed|failed|FAILED|Error" | head -40
   for tool in memcheck racecheck synccheck; do
-    timeout 150 compute-sanitizer --tool $tool --kernel-name kns=flashrnn --error-exitcode 9 \
+    timeout $([[ $tool == racecheck ]] && echo 240 || echo 150) compute-sanitizer --tool $tool --kernel-name kns=flashrnn --error-exitcode 9 \
       python3 ci/sanitize_cases.py > "$OUT/sanitizer_$tool.log" 2>&1
     echo "compute-sanitizer $tool: exit $? ($(grep -c ': ok' "$OUT/sanitizer_$tool.log") of 48 cases ok; $(grep -m1 -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitizer_$tool.log"))"
   done

@@ -160,10 +160,10 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
     if (pw) {
       float dg[2][kGb];
       cell.template step<Math>(rec, dg);
+      if (t > 1) cell.load_step(t - 1);  // (after the release instead: B = 16 0.2 us per step slower)
       cell.store_dg(t, dg);
     }
     if (!p.recurrent_cut) multi::release_flag(group_flags + blockIdx.x, unsigned(steps - t + 1));  // dg_t is out
-    if (pw && t > 1) cell.load_step(t - 1);  // after the release, which would wait for these loads
   }
 
   // dL/ds_0 = what reaches the initial states: carried paths + the gradient on states[:, 0].

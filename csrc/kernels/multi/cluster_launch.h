@@ -20,6 +20,25 @@ inline bool disabled() {
   return v != nullptr && std::strcmp(v, "") != 0 && std::strcmp(v, "0") != 0;
 }
 
+// How many clusters of `size` CTAs of `kernel` (at config's block and shared-memory sizes) the
+// device holds at once; 0 where it holds none or the query fails. Leaves config with the
+// cluster-dimension attribute `attr` as its only attribute.
+template <class... Params>
+int max_active_clusters(void (*kernel)(Params...), cudaLaunchConfig_t& config, cudaLaunchAttribute& attr, int size) {
+  attr.id = cudaLaunchAttributeClusterDimension;
+  attr.val.clusterDim.x = unsigned(size);
+  attr.val.clusterDim.y = 1;
+  attr.val.clusterDim.z = 1;
+  config.attrs = &attr;
+  config.numAttrs = 1;
+  int clusters = 0;
+  if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &config) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return 0;
+  }
+  return clusters;
+}
+
 // Launches `kernel` over (size, groups, heads) CTAs in clusters of plan.size on `stream`. Returns
 // false, launching nothing, where clusters cannot run: below sm_90, or where the device cannot
 // hold one such cluster (e.g. 16 CTAs of this shared memory size).
@@ -37,18 +56,8 @@ bool launch_clusters(void (*kernel)(Params...), const Plan& plan, const DeviceLi
   config.blockDim = dim3(kThreads);
   config.dynamicSmemBytes = size_t(plan.smem);
   config.stream = stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = unsigned(plan.size);
-  attr[0].val.clusterDim.y = 1;
-  attr[0].val.clusterDim.z = 1;
-  config.attrs = attr;
-  config.numAttrs = 1;
-  int clusters = 0;
-  if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &config) != cudaSuccess || clusters < 1) {
-    (void)cudaGetLastError();
-    return false;
-  }
+  cudaLaunchAttribute attr;
+  if (max_active_clusters(kernel, config, attr, plan.size) < 1) return false;
   FLASHRNN_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, args...));
   FLASHRNN_CHECK_LAUNCH(name);
   return true;

@@ -11,6 +11,7 @@
 #include "../../common/check.h"
 #include "../../common/params.h"
 #include "../common/device.cuh"
+#include "cluster_launch.h"
 #include "plan.h"
 
 namespace flashrnn::multi {
@@ -115,8 +116,7 @@ void launch_cooperative(void (*kernel)(Param, Plan, Rest...), Plan plan, const D
   config.blockDim = dim3(kThreads);
   config.dynamicSmemBytes = size_t(plan.smem);
   config.stream = stream;
-  cudaLaunchAttribute attrs[2];
-  attrs[0].id = cudaLaunchAttributeClusterDimension;
+  cudaLaunchAttribute attrs[2];  // the cluster dimension (max_active_clusters sets it), cooperative
   attrs[1].id = cudaLaunchAttributeCooperative;
   attrs[1].val.cooperative = 1;
 
@@ -128,16 +128,8 @@ void launch_cooperative(void (*kernel)(Param, Plan, Rest...), Plan plan, const D
   }
   for (plan.cluster = multicast_cluster(plan.slices, largest); plan.cluster > 1;
        plan.cluster = multicast_cluster(plan.slices, plan.cluster / 2)) {
-    attrs[0].val.clusterDim.x = unsigned(plan.cluster);
-    attrs[0].val.clusterDim.y = 1;
-    attrs[0].val.clusterDim.z = 1;
-    config.attrs = attrs;
-    config.numAttrs = 1;
-    int clusters = 0;
-    if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &config) == cudaSuccess &&
-        (long long)clusters * plan.cluster >= plan.ctas)
+    if ((long long)cluster::max_active_clusters(kernel, config, attrs[0], plan.cluster) * plan.cluster >= plan.ctas)
       break;
-    (void)cudaGetLastError();
   }
   if (plan.cluster == 1) {
     int per_sm = 0;

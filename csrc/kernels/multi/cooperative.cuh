@@ -19,7 +19,6 @@ namespace flashrnn::multi {
 // A poll of the progress flags that has not seen what it waits for after this many rounds means a
 // broken launch: the kernel traps (a CUDA error, raised in Python) rather than hanging the GPU.
 constexpr long long kMaxPolls = 1LL << 26;
-constexpr long long kMaxBarrierPolls = 1LL << 22;  // the same for the multicast staging's mbarrier waits
 
 // Waits until each of the `count` progress flags of this CTA's (head, batch group) is at least
 // `want` (threads of the block poll one flag each, relaxed: no L1 invalidation per poll; then one
@@ -87,12 +86,11 @@ __device__ __forceinline__ void multicast_pieces(unsigned char* dst, int dst_row
   }
 }
 
-// Sets up the multicast staging's mbarriers (plan.cluster > 1) and meets the cluster: no peer
-// copies into this CTA before its barriers exist. Called by all threads.
-template <int kBars>
-__device__ __forceinline__ void start_multicast(uint64_t (&bars)[kBars]) {
-  if (threadIdx.x == 0)
-    for (int i = 0; i < kBars; ++i) mbar_init(&bars[i]);
+// Sets up the multicast staging's mbarrier (plan.cluster > 1) and meets the cluster: no peer
+// copies into this CTA before its barrier exists. Waits on it poll at most cluster::kMaxPolls
+// times. Called by all threads.
+__device__ __forceinline__ void start_multicast(uint64_t* bar) {
+  if (threadIdx.x == 0) mbar_init(bar);
   cluster_sync();
 }
 

@@ -66,10 +66,10 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
   }
   for (int i = tid; i < rows * plan.a_row / 4; i += kThreads) reinterpret_cast<uint32_t*>(stage)[i] = 0u;
   __syncthreads();  // rows past the batch stay zero
-  __shared__ uint64_t staged[1];  // multicast staging: the chunk's rows have arrived
+  __shared__ uint64_t staged;  // multicast staging: the chunk's rows have arrived
   unsigned staged_phase = 0;
   const bool multicast = plan.cluster > 1 && !p.recurrent_cut;
-  if (multicast) multi::start_multicast(staged);
+  if (multicast) multi::start_multicast(&staged);
 
   unsigned* group_flags = flags + (n * plan.groups + blockIdx.y) * plan.slices;
   const int prow = tid / 4, pair = tid % 4;
@@ -91,8 +91,8 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
       const multi::Pieces from{dg_s + k0 * ND * esize, steps * kGb * ND * esize, ND * esize, valid_rows, gates,
                                unsigned(D * esize)};
       if (multicast) {  // the stage is free in every CTA of the cluster (the flags, or the last chunk's meeting)
-        multi::multicast_pieces(stage, plan.a_row, from, plan.cluster, &staged[0]);
-        mbar_wait(&staged[0], staged_phase, multi::kMaxBarrierPolls);
+        multi::multicast_pieces(stage, plan.a_row, from, plan.cluster, &staged);
+        mbar_wait(&staged, staged_phase, cluster::kMaxPolls);
         staged_phase ^= 1u;
       } else {
         multi::copy_pieces(stage, plan.a_row, from);

@@ -63,9 +63,9 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
   }
   for (int i = tid; i < rows * plan.a_row / 4; i += kThreads) reinterpret_cast<uint32_t*>(hs)[i] = 0u;
   __syncthreads();  // rows past the batch stay zero; the others are overwritten every step
-  __shared__ uint64_t staged[1];  // multicast staging: h_{t-1}'s rows have arrived
+  __shared__ uint64_t staged;  // multicast staging: h_{t-1}'s rows have arrived
   const bool multicast = plan.cluster > 1;
-  if (multicast) multi::start_multicast(staged);
+  if (multicast) multi::start_multicast(&staged);
 
   // The exchange: h rows [parity][head][padded batch row][words] (32-bit words; a row starts at
   // exchange(par, b)), then one progress flag per CTA [head][group][slice].
@@ -105,8 +105,8 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
     const multi::Pieces from{reinterpret_cast<const unsigned char*>(exchange(int((t - 1) & 1), b0)), words * 4, 0,
                              valid_rows, 1, unsigned(words * 4)};
     if (multicast) {  // every CTA of the cluster has published h_{t-1}: none still reads hs
-      multi::multicast_pieces(hs, plan.a_row, from, plan.cluster, &staged[0]);
-      mbar_wait(&staged[0], unsigned(t - 1) & 1u, multi::kMaxBarrierPolls);
+      multi::multicast_pieces(hs, plan.a_row, from, plan.cluster, &staged);
+      mbar_wait(&staged, unsigned(t - 1) & 1u, cluster::kMaxPolls);
     } else {
       multi::copy_pieces(hs, plan.a_row, from);
       cp_async_wait<0>();

@@ -28,8 +28,10 @@ ESIZE = {"float32": 4, "float16": 2, "bfloat16": 2}
 RESERVE, PER_CTA, OPERAND_BUDGET, MAX_PER_SM = 2048, 1024, 100 * 1024, 2
 
 
-def plan(backward, function, dtype, B, N, D, device):
-    return _core._C.multi_plan(backward, CELLS[function].gates_r, ESIZE[dtype], B, N, D, *DEVICES[device])
+def plan(backward, function, dtype, B, N, D, device, ring=None):
+    # the backward stages through a ring of buffers where it multicasts (sm_90), as the launcher plans it
+    ring = "sm_90" in device if ring is None else ring
+    return _core._C.multi_plan(backward, CELLS[function].gates_r, ESIZE[dtype], B, N, D, *DEVICES[device], ring)
 
 
 @pytest.mark.parametrize("device", list(DEVICES))
@@ -52,13 +54,19 @@ def test_every_accepted_plan_fits_the_device_and_covers_the_problem(device):
         assert per_sm <= MAX_PER_SM, where
         assert p["smem"] <= smem_block - RESERVE, where
         assert per_sm * (p["smem"] + PER_CTA) <= smem_sm, where
-        assert rows * p["a_row"] <= OPERAND_BUDGET, where
         gates_r, k = CELLS[function].gates_r, 8 if dtype == "float32" else 16
         ksteps = (gates_r if backward else 1) * D // k
         assert 0 <= p["resident"] <= ksteps, where
         tiles = 1 if backward else gates_r
         assert p["smem"] == p["r_offset"] + p["resident"] * tiles * 256, where
-        assert 1 <= p["gates_per_chunk"] <= (gates_r if backward else 1), where
+        # staging: the step's K columns (forward D, backward Gr * D) in whole chunks of k-steps,
+        # each a column range of whole gates or of one gate; the buffers precede the reduction
+        # buffer, and take more than the base budget only where all of R stays in shared memory
+        assert p["chunk_k"] * p["chunks"] == (gates_r if backward else 1) * D and p["chunk_k"] % 16 == 0, where
+        assert p["chunk_k"] % D == 0 or D % p["chunk_k"] == 0, where
+        assert 1 <= p["slots"] <= (3 if backward and "sm_90" in device else 1) and p["a_row"] >= p["chunk_k"] * ESIZE[dtype], where
+        assert p["red_offset"] == p["slots"] * rows * p["a_row"], where
+        assert p["red_offset"] <= OPERAND_BUDGET or p["resident"] == ksteps, where
         # the ops' workspaces (exchange words, one flag per CTA) match the plan's padding
         assert p["exchange_words"] == 2 * N * p["groups"] * rows * D * ESIZE[dtype] // 4, where
         assert p["flag_words"] == p["ctas"], where
@@ -84,6 +92,27 @@ def test_the_issue_shapes_run_multi_cta_on_an_h100():
             for backward in (False, True):
                 p = plan(backward, function, dtype, B, N, D, "H100 SXM (sm_90)")
                 assert "why" not in p, (function, dtype, B, N, D, backward, p)
+
+
+def test_backward_stages_chunks_in_a_ring_on_an_h100():
+    # multi_backward.cuh multiplies one chunk of dg_{t+1} while the next ones land where a step does
+    # not fit at once: at B = 64 a step (393 KB in 16-bit types) goes through three buffers of half
+    # a gate, with all of R^T's slice beside them; at B = 16 the whole step is one chunk
+    h100 = "H100 SXM (sm_90)"
+    for dtype in ("bfloat16", "float16"):
+        for function in ("lstm", "gru"):
+            p = plan(True, function, dtype, 16, 1, 768, h100)
+            assert (p["slots"], p["chunks"]) == (1, 1), p
+        p = plan(True, "lstm", dtype, 64, 1, 768, h100)
+        assert (p["slots"], p["chunks"], p["chunk_k"]) == (3, 8, 384) and p["resident"] == 4 * 768 // 16, p
+    # without multicast (each CTA copies every row: bound by L2 bandwidth) one buffer of whole gates
+    p = plan(True, "lstm", "bfloat16", 64, 1, 768, h100, ring=False)
+    assert (p["slots"], p["chunks"], p["chunk_k"]) == (1, 4, 768), p
+    p = plan(True, "lstm", "float32", 16, 1, 768, h100)  # 16 rows of a gate: 49 KB in fp32
+    assert (p["slots"], p["chunks"], p["chunk_k"]) == (3, 8, 384), p
+    # the largest head at batch 16 (2 CTAs per SM): three buffers of a part of a gate, R partly in L2
+    p = plan(True, "lstm", "bfloat16", 16, 1, 2112, h100)
+    assert p["slots"] == 3 and p["chunk_k"] in (1056, 528) and p["resident"] < 4 * 2112 // 16, p
 
 
 def test_refusals_say_why():
@@ -119,6 +148,20 @@ def test_fused_backward_scratch_for_split_dr_is_bounded():
         seen_split |= splits >= 2
         seen_single |= splits == 0 and rows >= 2048
     assert seen_split and seen_single
+
+
+def test_large_heads_split_dr_into_about_four_waves():
+    # sizes.h: heads of 256 and more with a wave or more of 64 x 64 dR tiles (>= 512) split the
+    # T * B rows so that about 2048 CTAs run (768 x 1: 576 tiles, one wave and a bit unsplit);
+    # their partials are at most 4 times dR (plus db's), and the multi family adds one flag per CTA
+    C = _core._C
+    lstm = CELLS["lstm"]
+    for B, D, splits in [(16, 768, 4), (64, 768, 4), (16, 1024, 2), (16, 2048, 1), (16, 512, 2), (1, 768, 1)]:
+        total = C.backward_workspace_floats(KERNEL_FAMILIES["multi"], lstm.code, DTYPE_CODES[torch.bfloat16],
+                                            B, 1024, 1, D)
+        flags = plan(True, "lstm", "bfloat16", B, 1, D, "H100 SXM (sm_90)")["flag_words"]
+        per_split = lstm.gates_b * D + lstm.gates_r * D * D
+        assert total - flags == (splits * per_split if splits > 1 else 0), (B, D, total, flags)
 
 
 def cluster_plan(backward, function, dtype, B, N, D, device="H100 SXM (sm_90)"):

@@ -126,18 +126,18 @@ PYBIND11_MODULE(_C, m) {
     return py::make_tuple(int(f), why);
   }, "the family that runs this shape fused (1 one CTA per head, 2 multi-CTA), or 0 and why none does");
   m.def("multi_plan", [](bool backward, int gates_r, int esize, int64_t batch, int64_t heads, int64_t head_dim,
-                         int smem_per_block, int smem_per_sm, int sm_count) {
+                         int smem_per_block, int smem_per_sm, int sm_count, bool ring) {
     namespace multi = flashrnn::multi;
     multi::Plan p;
     const char* why = multi::make_plan(p, backward, gates_r, esize, batch, heads, head_dim, smem_per_block,
-                                       smem_per_sm, sm_count);
+                                       smem_per_sm, sm_count, ring);
     py::dict d;
     if (why != nullptr) {
       d["why"] = std::string(why);
       return d;
     }
     d["mt"] = p.mt; d["groups"] = p.groups; d["slices"] = p.slices; d["heads"] = p.heads;
-    d["gates_per_chunk"] = p.gates_per_chunk; d["a_row"] = p.a_row; d["red_offset"] = p.red_offset;
+    d["chunk_k"] = p.chunk_k; d["chunks"] = p.chunks; d["slots"] = p.slots; d["a_row"] = p.a_row; d["red_offset"] = p.red_offset;
     d["r_offset"] = p.r_offset; d["resident"] = p.resident; d["smem"] = p.smem; d["ctas"] = p.ctas;
     d["exchange_words"] = multi::exchange_words(batch, heads, head_dim, esize);
     d["flag_words"] = multi::flag_words(batch, heads, head_dim, esize);

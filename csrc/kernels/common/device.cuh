@@ -374,9 +374,10 @@ __device__ __forceinline__ void pack_words(const float (&v)[kValues], uint32_t (
 
 // mbarriers (sm_90 cluster kernels): one arrival per phase (the local arm below) plus the bytes
 // that peers' st_async_words() deliver. Bytes may land before the arm (the count goes negative).
-__device__ __forceinline__ void mbar_init(uint64_t* bar) {
+// (`arrivals` > 1: an mbarrier that the cluster's CTAs arrive on remotely, arrive_remote().)
+__device__ __forceinline__ void mbar_init(uint64_t* bar, unsigned arrivals = 1) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(smem_addr(bar)) : "memory");
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_addr(bar)), "r"(arrivals) : "memory");
   asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
 #else
   __trap();
@@ -386,6 +387,18 @@ __device__ __forceinline__ void mbar_init(uint64_t* bar) {
 __device__ __forceinline__ void mbar_arm(uint64_t* bar, unsigned bytes) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("mbarrier.arrive.expect_tx.release.cta.shared::cta.b64 _, [%0], %1;" ::"r"(smem_addr(bar)), "r"(bytes)
+               : "memory");
+#else
+  __trap();
+#endif
+}
+// One arrival on the mbarrier at the same shared-memory offset as `bar` in the cluster's CTA
+// `rank`: this CTA's reads of a buffer before it are done when that phase completes (release at
+// CTA scope: the reads are of this CTA's shared memory; at cluster scope the release costs a
+// memory barrier that waits for the thread's global loads in flight, ~1.3 us per chunk measured).
+__device__ __forceinline__ void arrive_remote(uint64_t* bar, uint32_t rank) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("mbarrier.arrive.release.cta.shared::cluster.b64 _, [%0];" ::"r"(peer_smem(smem_addr(bar), rank))
                : "memory");
 #else
   __trap();

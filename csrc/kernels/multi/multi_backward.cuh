@@ -35,7 +35,7 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
   static_assert(cells::Cell<Cell>, "see cells/elman.cuh for what a cell must define");
   using M = Mma<T>;
   using Math = MathFor<T>;
-  constexpr int kGr = Cell::kGatesR, kGb = Cell::kGatesB;
+  constexpr int kGb = Cell::kGatesB;
   constexpr int kThreads = multi::kThreads, kChains = 4;
 
   extern __shared__ __align__(128) unsigned char smem[];
@@ -47,9 +47,10 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
   const T* r = static_cast<const T*>(p.r);
   T* dg_out = static_cast<T*>(p.dg);
 
-  unsigned char* stage = smem;  // a gate chunk of dg_{t+1}: [row][gate in chunk][D], plan.a_row bytes per row
+  unsigned char* stage = smem;  // plan.slots buffers of a chunk of dg_{t+1}: [row][chunk_k], plan.a_row bytes per row
   float* red = reinterpret_cast<float*>(smem + plan.red_offset);  // [k-group][row][unit]
   uint2* rs = reinterpret_cast<uint2*>(smem + plan.r_offset);     // [k-step][lane]
+  const int slot_bytes = rows * plan.a_row;
 
   // B fragments of R at k-step ks of K = (gate k, output unit i), columns = this CTA's input units:
   // element (kk, jj) = R[k, n, i0 + kk, u0 + jj].
@@ -64,12 +65,22 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
       rs[ks * 32 + lane] = make_uint2(f[0], f[1]);
     }
   }
-  for (int i = tid; i < rows * plan.a_row / 4; i += kThreads) reinterpret_cast<uint32_t*>(stage)[i] = 0u;
+  for (int i = tid; i < plan.slots * slot_bytes / 4; i += kThreads) reinterpret_cast<uint32_t*>(stage)[i] = 0u;
   __syncthreads();  // rows past the batch stay zero
-  __shared__ uint64_t staged;  // multicast staging: the chunk's rows have arrived
-  unsigned staged_phase = 0;
+  // Multicast staging: full[s] counts the bytes of the chunk landing in buffer s; empty[s] the
+  // cluster's CTAs that have consumed its chunk, where the buffer is refilled in the same step
+  // (each CTA arrives on every peer's). A step's first chunks need no such signal: the flags show
+  // every CTA past its last step's reads.
+  __shared__ uint64_t full[multi::kMaxSlots], empty[multi::kMaxSlots];
+  unsigned empty_parity = 0;  // bit s: the parity of empty[s]'s next phase
   const bool multicast = plan.cluster > 1 && !p.recurrent_cut;
-  if (multicast) multi::start_multicast(&staged);
+  if (multicast) multi::start_ring(full, empty, plan.slots, plan.cluster);
+  // The chunks go through the buffers in order over all steps: put is the next buffer to stage
+  // into, take the next to multiply (buffer, and the parity of its use). (64-bit divisions here
+  // cost ~1000 cycles per chunk.)
+  multi::RingCursor put{plan.slots}, take{plan.slots};
+  const int chunk_k = plan.chunk_k, whole_gates = chunk_k >= D ? int(chunk_k / D) : 0;
+  const int per_gate = whole_gates ? 0 : int(D / chunk_k);  // chunks per gate
 
   unsigned* group_flags = flags + (n * plan.groups + blockIdx.y) * plan.slices;
   const int prow = tid / 4, pair = tid % 4;
@@ -78,37 +89,54 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
 
   // rec = (dg_s R)[prow, unit..unit+1] for step s (dg_s is stored at dg index s - 1), once every
   // CTA of this (head, group) has published step s. Called by all threads (it synchronizes).
+  // Chunk j (columns [j * chunk_k, (j + 1) * chunk_k) of dg_s) is staged `ahead` chunks before it
+  // is multiplied: plan.slots of them are in flight while the first is multiplied.
   auto recurrent = [&](int64_t s, float (&rec)[2]) {
     multi::wait_for_flags(group_flags, plan.slices, unsigned(steps - s + 1));  // every CTA's dg_s is visible
     const int mt = warp % mt_count, kg = warp / mt_count;
-    const uint32_t a_src = smem_addr(stage + (mt * 16 + (lane & 15)) * plan.a_row) + (lane >> 4) * 16;
     const int64_t esize = sizeof(T);
     const unsigned char* dg_s = reinterpret_cast<const unsigned char*>(dg_out + (b0 * steps + s - 1) * kGb * ND + n * D);
-    float acc[kChains][4] = {};
-    for (int k0 = 0; k0 < kGr; k0 += plan.gates_per_chunk) {
-      const int gates = plan.gates_per_chunk < kGr - k0 ? plan.gates_per_chunk : kGr - k0;
-      // The chunk's rows of dg_s (dg is [B, T, Gb, N, D]): one piece per (row, gate).
-      const multi::Pieces from{dg_s + k0 * ND * esize, steps * kGb * ND * esize, ND * esize, valid_rows, gates,
-                               unsigned(D * esize)};
-      if (multicast) {  // the stage is free in every CTA of the cluster (the flags, or the last chunk's meeting)
-        multi::multicast_pieces(stage, plan.a_row, from, plan.cluster, &staged);
-        mbar_wait(&staged, staged_phase, cluster::kMaxPolls);
-        staged_phase ^= 1u;
+    const int chunks = plan.chunks, ahead = plan.slots < chunks ? plan.slots : chunks;
+    auto stage_chunk = [&](int j) {  // dg is [B, T, Gb, N, D]: a chunk is whole gates or a column range of one
+      const int gate = whole_gates ? j * whole_gates : j / per_gate, col = whole_gates ? 0 : (j - gate * per_gate) * chunk_k;
+      const multi::Pieces from{dg_s + (gate * ND + col) * esize, steps * kGb * ND * esize, ND * esize, valid_rows,
+                               whole_gates ? whole_gates : 1, unsigned((whole_gates ? D : chunk_k) * esize)};
+      unsigned char* dst = stage + put.slot * slot_bytes;
+      if (multicast) {  // once no CTA of the cluster still reads the buffer's last chunk
+        const int issuer = j % multi::kWarps;  // the warps take turns (one warp issuing every chunk waits longer)
+        if (j >= ahead) {  // a refill within the step
+          if (warp == issuer) mbar_wait(&empty[put.slot], empty_parity >> put.slot & 1u, cluster::kMaxPolls);
+          empty_parity ^= 1u << put.slot;
+        }
+        multi::multicast_pieces(dst, plan.a_row, from, plan.cluster, &full[put.slot], true, issuer);
       } else {
-        multi::copy_pieces(stage, plan.a_row, from);
-        cp_async_wait<0>();
-        __syncthreads();  // the chunk is staged
+        multi::copy_pieces(dst, plan.a_row, from);
       }
-      const int ks0 = int(k0 * D / M::kK), count = int(gates * D / M::kK);
+      put.next();
+    };
+    for (int j = 0; j < ahead; ++j) stage_chunk(j);
+    float acc[kChains][4] = {};
+    for (int j = 0; j < chunks; ++j) {
+      const int slot = take.slot;
+      if (multicast) {
+        mbar_wait(&full[slot], take.phase, cluster::kMaxPolls);
+      } else {
+        const int staged = j + ahead < chunks ? j + ahead : chunks;  // chunks issued so far
+        cp_async_wait_at_most(staged - j - 1);
+        __syncthreads();  // chunk j is staged
+      }
+      const uint32_t a_src =
+          smem_addr(stage + slot * slot_bytes + (mt * 16 + (lane & 15)) * plan.a_row) + (lane >> 4) * 16;
+      const int ks0 = j * chunk_k / M::kK, count = chunk_k / M::kK;
       auto multiply = [&](auto&& fragment) {
         for (int j0 = kg; j0 < count; j0 += kChains * k_groups) {
 #pragma unroll
           for (int c = 0; c < kChains; ++c) {
-            const int j = j0 + c * k_groups;
-            if (j >= count) break;
+            const int jj = j0 + c * k_groups;
+            if (jj >= count) break;
             uint32_t a[4], f[2];
-            ldmatrix_x4(a, a_src + j * 32);
-            fragment(ks0 + j, f);
+            ldmatrix_x4(a, a_src + jj * 32);
+            fragment(ks0 + jj, f);
             M::mma(acc[c], a, f, p.allow_tf32);
           }
         }
@@ -127,10 +155,10 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
           else r_fragment(ks, f);
         });
       }
-      // The chunk is consumed: here, or with multicast staging and another chunk to come, in
-      // every CTA of the cluster (the next chunk lands in all of them).
-      if (multicast && k0 + plan.gates_per_chunk < kGr) cluster_sync();
-      else __syncthreads();
+      __syncthreads();  // chunk j is consumed here
+      if (multicast && j + ahead < chunks && tid < plan.cluster) arrive_remote(&empty[slot], unsigned(tid));
+      take.next();
+      if (j + ahead < chunks) stage_chunk(j + ahead);
     }
     float sum[4] = {};
 #pragma unroll
@@ -187,8 +215,9 @@ void launch_multi_backward(const BackwardParams& p, const DeviceLimits& device, 
     return;
   }
   multi::Plan plan;
+  const bool ring = device.cc_major >= 9 && multi::multicast_largest() > 1;  // staged by multicast (as a rule)
   const char* why = multi::make_plan(plan, true, Cell::kGatesR, sizeof(T), p.batch, p.heads, p.head_dim,
-                                     device.smem_per_block, device.smem_per_sm, device.sm_count);
+                                     device.smem_per_block, device.smem_per_sm, device.sm_count, ring);
   FLASHRNN_CHECK(why == nullptr, "multi-CTA backward: " << why);
   const int64_t partials =
       weight_grad::scratch_floats(p.steps * p.batch, Cell::kGatesR, Cell::kGatesB, p.heads, p.head_dim);

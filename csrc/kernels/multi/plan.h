@@ -6,9 +6,10 @@
 // its (head, batch group) through L2. All CTAs must be resident at once: the launch is
 // cooperative, and this plan only accepts shapes whose CTAs fit the device in one wave.
 //
-// Shared memory of a CTA: the exchanged operand rows (forward: h_{t-1} [rows][D]; backward: a
-// chunk of dg_{t+1} [rows][gates_per_chunk * D]), the cross-warp reduction buffer, then as many
-// k-steps of R's tensor-core fragments as fit; R's remaining k-steps are read from L2 each step.
+// Shared memory of a CTA: the exchanged operand rows (forward: h_{t-1} [rows][D]; backward:
+// `slots` buffers of dg_{t+1} chunks [rows][chunk_k], a ring the step's chunks go through), the
+// cross-warp reduction buffer, then as many k-steps of R's tensor-core fragments as fit; R's
+// remaining k-steps are read from L2 each step.
 //
 // Host and device both include this header (pure arithmetic, no CUDA calls).
 #pragma once
@@ -21,7 +22,8 @@ constexpr int kUnits = 8;      // hidden units per CTA: the N of one m16n8 produ
 constexpr int kWarps = 8;
 constexpr int kThreads = kWarps * 32;
 constexpr int kMaxCtasPerSm = 2;        // __launch_bounds__(kThreads, 2): <= 128 registers
-constexpr int kOperandBudget = 100 * 1024;  // bytes for the staged operand rows
+constexpr int kOperandBudget = 100 * 1024;  // bytes for the staged operand rows (more where R fits beside)
+constexpr int kMaxSlots = 3;            // backward stage buffers
 constexpr int kFragBytes = 32 * 8;      // one B fragment (8 bytes per lane) of one n-tile
 constexpr int kSmemPerCtaReserve = 1024;  // the driver's per-CTA reservation
 
@@ -34,8 +36,10 @@ struct Plan {
   int groups = 0;            // batch groups of 16 * mt rows
   int slices = 0;            // CTAs per (head, batch group): head_dim / kUnits
   int heads = 0;
-  int gates_per_chunk = 0;   // backward: gates of dg_{t+1} staged at once (forward: 1)
-  int a_row = 0;             // bytes per staged operand row
+  int chunk_k = 0;           // backward: columns of dg_{t+1} (of Gr * D) per staged chunk (forward: D)
+  int chunks = 0;            // chunks per step (forward: 1)
+  int slots = 0;             // stage buffers the chunks cycle through (forward: 1)
+  int a_row = 0;             // bytes per staged operand row of one buffer
   int red_offset = 0;        // cross-warp reduction buffer
   int r_offset = 0;          // R fragments
   int resident = 0;          // k-steps of R fragments held in shared memory
@@ -56,12 +60,42 @@ constexpr int m_tiles(long long batch, long long head_dim, int esize) {
   return mt;
 }
 
+// Backward staging: dg_{t+1}'s Gr * D columns go through shared memory in chunks of chunk_k
+// columns, cycling through `slots` buffers, so that a chunk can be multiplied while the next ones
+// land. `room`: bytes left beside the reduction buffer and all of R's fragments (the stage may take
+// kOperandBudget even where R then partly stays in L2). In order of preference: the whole step in
+// one buffer (as one chunk: B = 16 with one chunk per gate measured 5.3 -> 6.5 us per step, the
+// per-chunk costs outweigh the overlap); with `ring` (multicast staging, sm_90) three buffers of the
+// largest chunk that fits (whole gates, or D / 2^i); one buffer of as many whole gates as fit (each
+// chunk waits for the previous one to be consumed: where every CTA copies all rows itself the copies
+// are bound by L2 bandwidth, and the ring measured slower, 768 x 1 B = 64 22.9 -> 25.9 us per step).
+constexpr void stage_chunks(Plan& p, int gates_r, int head_dim, int esize, int room, bool ring) {
+  const int budget = room > kOperandBudget ? room : kOperandBudget, rows = p.rows();
+  auto fits = [&](int chunk_k, int slots) { return (long long)slots * rows * fused::row_bytes(chunk_k, esize) <= budget; };
+  auto set = [&](int chunk_k, int slots) {
+    p.chunk_k = chunk_k;
+    p.chunks = gates_r * head_dim / chunk_k;
+    p.slots = slots;
+    p.a_row = fused::row_bytes(chunk_k, esize);
+  };
+  if (fits(gates_r * head_dim, 1)) return set(gates_r * head_dim, 1);
+  for (int g = gates_r - 1; ring && g >= 1; --g)  // whole gates, three buffers
+    if (gates_r % g == 0 && fits(g * head_dim, 3)) return set(g * head_dim, 3);
+  for (int k = head_dim / 2; ring && k >= 128 && k % 16 == 0 && head_dim % k == 0; k /= 2)
+    if (fits(k, 3)) return set(k, 3);
+  int g = gates_r;
+  while (g > 1 && (gates_r % g != 0 || !fits(g * head_dim, 1))) --g;
+  set(g * head_dim, 1);
+}
+
 // Fills `plan` for a forward (backward = false) or backward pass; returns nullptr, or why the shape
-// cannot run in this family on this device. esize: bytes per element; n-tiles per k-step: the
+// cannot run in this family on this device. `ring`: the backward may stage through a ring of
+// buffers (stage_chunks). esize: bytes per element; n-tiles per k-step: the
 // forward multiplies h by every recurrent gate's slice (gates_r tiles), the backward multiplies dg
 // by R^T restricted to the CTA's units (one tile).
 constexpr const char* make_plan(Plan& p, bool backward, int gates_r, int esize, long long batch, long long heads,
-                                long long head_dim, int smem_per_block, int smem_per_sm, int sm_count) {
+                                long long head_dim, int smem_per_block, int smem_per_sm, int sm_count,
+                                bool ring = false) {
   if (head_dim % 16 != 0 || head_dim < 16) return "the head dim is not a multiple of 16";
   if (batch < 1 || heads < 1 || sm_count < 1) return "there is no batch row or no head to run";
   const long long k_per_step = esize == 4 ? 8 : 16;
@@ -75,22 +109,22 @@ constexpr const char* make_plan(Plan& p, bool backward, int gates_r, int esize, 
   p.slices = int(head_dim / kUnits);
   if (heads > 65535 || p.groups > 65535) return "too many heads or batch groups for one grid";
   p.heads = int(heads);
-  p.gates_per_chunk = 1;
-  if (backward) {
-    p.gates_per_chunk = gates_r;
-    while (p.gates_per_chunk > 1 &&
-           (long long)p.rows() * fused::row_bytes(int(head_dim) * p.gates_per_chunk, esize) > kOperandBudget)
-      --p.gates_per_chunk;
-  }
-  p.a_row = fused::row_bytes(int(head_dim) * p.gates_per_chunk, esize);
   p.ctas = (long long)p.slices * p.groups * heads;
   const long long per_sm = (p.ctas + sm_count - 1) / sm_count;
   if (per_sm > kMaxCtasPerSm) return "its CTAs do not fit the GPU at once (at most 2 per SM)";
   int budget = smem_per_sm / int(per_sm) - kSmemPerCtaReserve;
   if (budget > smem_per_block) budget = smem_per_block;
   budget -= fused::kSmemReserve;
-  p.red_offset = p.rows() * p.a_row;
-  p.r_offset = p.red_offset + kWarps * 16 * red_stride(tiles) * 4;
+  const int red_bytes = kWarps * 16 * red_stride(tiles) * 4;
+  if (backward) {
+    stage_chunks(p, gates_r, int(head_dim), esize, budget - red_bytes - int(ksteps) * kFragBytes, ring);
+  } else {
+    p.chunk_k = int(head_dim);
+    p.chunks = p.slots = 1;
+    p.a_row = one_row;
+  }
+  p.red_offset = p.slots * p.rows() * p.a_row;
+  p.r_offset = p.red_offset + red_bytes;
   if (p.r_offset > budget) return "its CTAs do not fit the device's shared memory";
   const long long fit = (budget - p.r_offset) / (tiles * kFragBytes);
   p.resident = int(fit < ksteps ? fit : ksteps);

@@ -4,7 +4,12 @@
 
 namespace flashrnn::weight_grad {
 constexpr int kTile = 64;          // dR tile (kTile x kTile outputs per CTA)
-constexpr int64_t kTargetCtas = 512;  // about four waves of dR tiles on an H100
+constexpr int64_t kTargetCtas = 512;  // about one wave of dR tiles on an H100 (132 SMs x 4 CTAs)
+// Heads of the multi-CTA family (D >= 256) with a wave or more of tiles: about four waves. One wave
+// and a bit leaves most SMs idle for the second (768 x 1: 576 tiles; B = 64 fwbw 22.9 -> 22.2 ms
+// with 4 splits, B = 16 8.63 -> 8.46 ms). Heads up to 128 keep the single-wave target they were
+// tuned with (a fifth of the partials' bytes).
+constexpr int64_t kLargeHeadTargetCtas = 2048;
 
 // dR tiles per problem: (Gr * D / 64) x (D / 64) x N.
 inline int64_t r_tiles(int gates_r, int64_t heads, int64_t head_dim) {
@@ -13,9 +18,12 @@ inline int64_t r_tiles(int gates_r, int64_t heads, int64_t head_dim) {
 }
 // K (= T * B rows) splits of dR: enough CTAs to fill the GPU, each split >= 1024 rows. With one
 // split the kernel writes dR directly; otherwise every split writes fp32 partial sums (at most
-// kTargetCtas * 64 * 64 floats, 8 MB) that one more kernel adds in a fixed order.
+// kTargetCtas * 64 * 64 floats, 8 MB, for heads up to 128; at most 4 times dR for larger heads)
+// that one more kernel adds in a fixed order.
 inline int64_t r_splits(int64_t rows, int gates_r, int64_t heads, int64_t head_dim) {
-  int64_t s = kTargetCtas / r_tiles(gates_r, heads, head_dim);
+  const int64_t tiles = r_tiles(gates_r, heads, head_dim);
+  int64_t s = kTargetCtas / tiles;
+  if (head_dim >= 256 && tiles >= kTargetCtas) s = (kLargeHeadTargetCtas + tiles - 1) / tiles;
   if (s > rows / 1024) s = rows / 1024;
   return s < 1 ? 1 : s;
 }

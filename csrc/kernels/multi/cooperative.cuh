@@ -71,16 +71,14 @@ __device__ __forceinline__ void copy_pieces(unsigned char* dst, int dst_row, con
 // multicast each one (one L2 read per cluster instead of one per CTA); every CTA's mbarrier `bar`
 // counts the bytes landing in it (the caller waits on it: mbar_wait). Called by all threads of
 // every CTA of the cluster, once nobody in the cluster still reads the previous contents of dst
-// and past a block barrier that followed the acquire of the data. `fence`: the first copies of
-// data acquired through the generic proxy (the flags) need a proxy fence first; later copies of
-// the same data do not, and must not pay for one (the fence also waits for the thread's bulk
-// copies in flight: ~1700 cycles per chunk measured in the backward's ring).
+// and past a block barrier that followed the acquire of the data. Warp `warp` of each CTA issues
+// its copies (a bulk copy instruction holds its warp for ~500-650 cycles, measured).
 __device__ __forceinline__ void multicast_pieces(unsigned char* dst, int dst_row, const Pieces& from, int cluster,
-                                                 uint64_t* bar, bool fence = true, int warp = 0) {
+                                                 uint64_t* bar, int warp = 0) {
   const int lane = int(threadIdx.x) - 32 * warp;
   if (lane == 0) mbar_arm(bar, unsigned(from.rows * from.segments) * from.bytes);
   if (lane >= 0 && lane < 32) {
-    if (fence) fence_proxy_async_global();  // the data was written and acquired through the generic proxy
+    fence_proxy_async_global();  // the data was written and acquired through the generic proxy
     const int pieces = from.rows * from.segments, mask = (1 << cluster) - 1;
     for (int i = int(cluster_rank()) + cluster * lane; i < pieces; i += 32 * cluster) {
       const int r = i / from.segments, s = i - r * from.segments;

@@ -4,16 +4,18 @@
 // Per step t = T..1: the gradient carried into h_t needs (dg_{t+1} R) at this CTA's units, i.e.
 // dg_{t+1} of every unit of the head: the CTAs publish dg (written to the dg output, which is also
 // dWx and feeds dR/db) with a per-CTA progress counter (release), wait for the counters of their
-// (head, batch group) (acquire), stage dg_{t+1} from L2 into shared memory gate chunk by gate
-// chunk with cp.async, and multiply it by R^T restricted to their units (warp = (m-tile, k-group),
-// partial sums meet in shared memory). Then 4 threads per batch row run the cell's backward on 2
-// units each. dR and db are reduced after this kernel (weight_grad.cuh), deterministically.
-// dg is published as exchanged (one barrier + one release per step), so the payload is the
-// rounded dg that the single-CTA kernels multiply too. On sm_90 the chunks are staged by multicast
-// as in the forward (multi_forward.cuh); a chunk that is not the step's last is followed by a
-// cluster barrier, since the next one lands in every CTA of the cluster. (Double-buffered chunks,
-// copying one while multiplying the other, measured slower: the extra chunks' cluster barriers
-// cost more than the overlap gave, 768 x 1 B = 64 19.1 -> 21.8 us per step.)
+// (head, batch group) (acquire), stage dg_{t+1} from L2 into shared memory chunk by chunk (plan.h
+// stage_chunks: the whole step at once where it fits, else a ring of three buffers), and multiply it
+// by R^T restricted to their units (warp = (m-tile, k-group), partial sums meet in shared memory).
+// Then 4 threads per batch row run the cell's backward on 2 units each. dR and db are reduced after
+// this kernel (weight_grad.cuh), deterministically. dg is published as exchanged (one barrier + one
+// release per step), so the payload is the rounded dg that the single-CTA kernels multiply too.
+// On sm_90 the chunks are staged by multicast as in the forward (multi_forward.cuh). A buffer
+// refilled within the step (768 x 1 B = 64: eight half-gate chunks through three buffers) must be
+// done with in every CTA of the cluster first: each CTA arrives on every peer's `empty` mbarrier of
+// it after a block barrier, and the warp that issues the refill waits on its own. (Before: one
+// buffer and a cluster barrier after each chunk, 18.4 us per step; the ring 17.2. Warps that wait
+// for their own refills instead of a block barrier per chunk measured 18.0.)
 #pragma once
 
 #include "../../common/check.h"
@@ -103,12 +105,12 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
                                whole_gates ? whole_gates : 1, unsigned((whole_gates ? D : chunk_k) * esize)};
       unsigned char* dst = stage + put.slot * slot_bytes;
       if (multicast) {  // once no CTA of the cluster still reads the buffer's last chunk
-        const int issuer = j % multi::kWarps;  // the warps take turns (one warp issuing every chunk waits longer)
+        const int issuer = j % multi::kWarps;  // the warps take turns issuing (multicast_pieces)
         if (j >= ahead) {  // a refill within the step
           if (warp == issuer) mbar_wait(&empty[put.slot], empty_parity >> put.slot & 1u, cluster::kMaxPolls);
           empty_parity ^= 1u << put.slot;
         }
-        multi::multicast_pieces(dst, plan.a_row, from, plan.cluster, &full[put.slot], true, issuer);
+        multi::multicast_pieces(dst, plan.a_row, from, plan.cluster, &full[put.slot], issuer);
       } else {
         multi::copy_pieces(dst, plan.a_row, from);
       }

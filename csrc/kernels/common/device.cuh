@@ -394,8 +394,8 @@ __device__ __forceinline__ void mbar_arm(uint64_t* bar, unsigned bytes) {
 }
 // One arrival on the mbarrier at the same shared-memory offset as `bar` in the cluster's CTA
 // `rank`: this CTA's reads of a buffer before it are done when that phase completes (release at
-// CTA scope: the reads are of this CTA's shared memory; at cluster scope the release costs a
-// memory barrier that waits for the thread's global loads in flight, ~1.3 us per chunk measured).
+// CTA scope: the reads are of this CTA's shared memory; at cluster scope the backward's ring
+// measured ~1 us per step slower, 768 x 1 B = 16 10.6 against 9.4 us per step, with four chunks).
 __device__ __forceinline__ void arrive_remote(uint64_t* bar, uint32_t rank) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("mbarrier.arrive.release.cta.shared::cluster.b64 _, [%0];" ::"r"(peer_smem(smem_addr(bar), rank))

@@ -5,8 +5,9 @@
 // Per step t: wait until h_{t-1} (hs, parity (t-1) % 2) has arrived from every CTA (the parity's
 // mbarrier); warp (k-group, n-tile) multiplies it at its k-steps (kg, kg + 2, ...) by R's slice
 // for its 8 units of every gate (m16n8k16, 16-bit types only: the plan turns fp32 away); the two
-// k-groups' partial sums meet in shared memory (one CTA barrier); thread (row, unit pair) runs the cell, st.asyncs h_t into hs (parity t % 2) of
-// every CTA of the cluster, writes the states and saved values and loads the next Wx.
+// k-groups' partial sums meet in shared memory (one CTA barrier); thread (row, unit pair) runs the
+// cell, st.asyncs h_t into hs (parity t % 2) of every CTA of the cluster, writes the states and
+// saved values and loads the next Wx.
 // Reuse: a peer sends h_{t+2} (into parity t % 2 again) only after it has received h_{t+1} from
 // this CTA, which sends it after its last read of h_t. h_T is not sent (nobody reads it), so no
 // peer writes into a CTA that has finished.

@@ -88,11 +88,19 @@ __device__ __forceinline__ void multicast_pieces(unsigned char* dst, int dst_row
   }
 }
 
-// Sets up the multicast staging's mbarrier (plan.cluster > 1) and meets the cluster: no peer
-// copies into this CTA before its barrier exists. Waits on it poll at most cluster::kMaxPolls
-// times. Called by all threads.
-__device__ __forceinline__ void start_multicast(uint64_t* bar) {
-  if (threadIdx.x == 0) mbar_init(bar);
+// Sets up the multicast staging's mbarriers (plan.cluster > 1) and meets the cluster: no peer
+// copies into this CTA or arrives on it before its barriers exist. full[s] counts the bytes landing
+// in buffer s (one local arrival, the arm); the backward's ring (multi_backward.cuh) also has
+// empty[s], one arrival per CTA of the cluster that has consumed a chunk whose buffer is refilled
+// within the same step. Waits on them poll at most cluster::kMaxPolls times. Called by all threads.
+__device__ __forceinline__ void start_multicast(uint64_t* full, int slots = 1, uint64_t* empty = nullptr,
+                                                int cluster = 0) {
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < slots; ++s) {
+      mbar_init(&full[s]);
+      if (empty != nullptr) mbar_init(&empty[s], unsigned(cluster));
+    }
+  }
   cluster_sync();
 }
 
@@ -107,20 +115,6 @@ struct RingCursor {
     }
   }
 };
-
-// The backward's ring of stage buffers (multi_backward.cuh): full[s] counts the bytes landing in
-// buffer s (one local arrival, the arm), empty[s] one arrival per CTA of the cluster that has
-// consumed a chunk whose buffer is refilled within the same step. Meets the cluster like
-// start_multicast. Called by all threads.
-__device__ __forceinline__ void start_ring(uint64_t* full, uint64_t* empty, int slots, int cluster) {
-  if (threadIdx.x == 0) {
-    for (int s = 0; s < slots; ++s) {
-      mbar_init(&full[s]);
-      mbar_init(&empty[s], unsigned(cluster));
-    }
-  }
-  cluster_sync();
-}
 
 // FLASHRNN_MULTICAST=0 turns the multicast staging off (each CTA copies every row itself, as on
 // sm_80/86), =8 keeps clusters portable: tests and benchmarks compare them on one card.

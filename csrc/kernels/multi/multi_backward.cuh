@@ -76,7 +76,7 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
   __shared__ uint64_t full[multi::kMaxSlots], empty[multi::kMaxSlots];
   unsigned empty_parity = 0;  // bit s: the parity of empty[s]'s next phase
   const bool multicast = plan.cluster > 1 && !p.recurrent_cut;
-  if (multicast) multi::start_ring(full, empty, plan.slots, plan.cluster);
+  if (multicast) multi::start_multicast(full, plan.slots, empty, plan.cluster);
   // The chunks go through the buffers in order over all steps: put is the next buffer to stage
   // into, take the next to multiply (buffer, and the parity of its use). (64-bit divisions here
   // cost ~1000 cycles per chunk.)
@@ -99,21 +99,17 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
     const int64_t esize = sizeof(T);
     const unsigned char* dg_s = reinterpret_cast<const unsigned char*>(dg_out + (b0 * steps + s - 1) * kGb * ND + n * D);
     const int chunks = plan.chunks, ahead = plan.slots < chunks ? plan.slots : chunks;
+    // Stages chunk j into buffer put.slot (multicast: warp j % 8 issues this CTA's share, the
+    // warps take turns; else every thread copies). Called by all threads, once no CTA still reads
+    // the buffer's last chunk.
     auto stage_chunk = [&](int j) {  // dg is [B, T, Gb, N, D]: a chunk is whole gates or a column range of one
-      const int gate = whole_gates ? j * whole_gates : j / per_gate, col = whole_gates ? 0 : (j - gate * per_gate) * chunk_k;
+      const int gate = whole_gates ? j * whole_gates : j / per_gate;
+      const int col = whole_gates ? 0 : (j - gate * per_gate) * chunk_k;
       const multi::Pieces from{dg_s + (gate * ND + col) * esize, steps * kGb * ND * esize, ND * esize, valid_rows,
                                whole_gates ? whole_gates : 1, unsigned((whole_gates ? D : chunk_k) * esize)};
       unsigned char* dst = stage + put.slot * slot_bytes;
-      if (multicast) {  // once no CTA of the cluster still reads the buffer's last chunk
-        const int issuer = j % multi::kWarps;  // the warps take turns issuing (multicast_pieces)
-        if (j >= ahead) {  // a refill within the step
-          if (warp == issuer) mbar_wait(&empty[put.slot], empty_parity >> put.slot & 1u, cluster::kMaxPolls);
-          empty_parity ^= 1u << put.slot;
-        }
-        multi::multicast_pieces(dst, plan.a_row, from, plan.cluster, &full[put.slot], issuer);
-      } else {
-        multi::copy_pieces(dst, plan.a_row, from);
-      }
+      if (multicast) multi::multicast_pieces(dst, plan.a_row, from, plan.cluster, &full[put.slot], j % multi::kWarps);
+      else multi::copy_pieces(dst, plan.a_row, from);
       put.next();
     };
     for (int j = 0; j < ahead; ++j) stage_chunk(j);
@@ -158,9 +154,16 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
         });
       }
       __syncthreads();  // chunk j is consumed here
-      if (multicast && j + ahead < chunks && tid < plan.cluster) arrive_remote(&empty[slot], unsigned(tid));
       take.next();
-      if (j + ahead < chunks) stage_chunk(j + ahead);
+      if (j + ahead >= chunks) continue;
+      // Refill the buffer with chunk j + ahead once every CTA of the cluster is done with chunk j:
+      // each tells every peer, the refill's issuing warp waits for all of them.
+      if (multicast) {
+        if (tid < plan.cluster) arrive_remote(&empty[slot], unsigned(tid));
+        if (warp == (j + ahead) % multi::kWarps) mbar_wait(&empty[slot], empty_parity >> slot & 1u, cluster::kMaxPolls);
+        empty_parity ^= 1u << slot;
+      }
+      stage_chunk(j + ahead);
     }
     float sum[4] = {};
 #pragma unroll

@@ -23,7 +23,7 @@ constexpr int kWarps = 8;
 constexpr int kThreads = kWarps * 32;
 constexpr int kMaxCtasPerSm = 2;        // __launch_bounds__(kThreads, 2): <= 128 registers
 constexpr int kOperandBudget = 100 * 1024;  // bytes for the staged operand rows (more where R fits beside)
-constexpr int kMaxSlots = 3;            // backward stage buffers
+constexpr int kMaxSlots = 3;            // backward stage buffers (the ring's size, stage_chunks)
 constexpr int kFragBytes = 32 * 8;      // one B fragment (8 bytes per lane) of one n-tile
 constexpr int kSmemPerCtaReserve = 1024;  // the driver's per-CTA reservation
 
@@ -65,13 +65,15 @@ constexpr int m_tiles(long long batch, long long head_dim, int esize) {
 // land. `room`: bytes left beside the reduction buffer and all of R's fragments (the stage may take
 // kOperandBudget even where R then partly stays in L2). In order of preference: the whole step in
 // one buffer (as one chunk: B = 16 with one chunk per gate measured 5.3 -> 6.5 us per step, the
-// per-chunk costs outweigh the overlap); with `ring` (multicast staging, sm_90) three buffers of the
-// largest chunk that fits (whole gates, or D / 2^i); one buffer of as many whole gates as fit (each
+// per-chunk costs outweigh the overlap); with `ring` (multicast staging, sm_90) kMaxSlots buffers of
+// the largest chunk that fits (whole gates, or D / 2^i); one buffer of as many whole gates as fit (each
 // chunk waits for the previous one to be consumed: where every CTA copies all rows itself the copies
 // are bound by L2 bandwidth, and the ring measured slower, 768 x 1 B = 64 22.9 -> 25.9 us per step).
 constexpr void stage_chunks(Plan& p, int gates_r, int head_dim, int esize, int room, bool ring) {
   const int budget = room > kOperandBudget ? room : kOperandBudget, rows = p.rows();
-  auto fits = [&](int chunk_k, int slots) { return (long long)slots * rows * fused::row_bytes(chunk_k, esize) <= budget; };
+  auto fits = [&](int chunk_k, int slots) {
+    return (long long)slots * rows * fused::row_bytes(chunk_k, esize) <= budget;
+  };
   auto set = [&](int chunk_k, int slots) {
     p.chunk_k = chunk_k;
     p.chunks = gates_r * head_dim / chunk_k;
@@ -79,10 +81,10 @@ constexpr void stage_chunks(Plan& p, int gates_r, int head_dim, int esize, int r
     p.a_row = fused::row_bytes(chunk_k, esize);
   };
   if (fits(gates_r * head_dim, 1)) return set(gates_r * head_dim, 1);
-  for (int g = gates_r - 1; ring && g >= 1; --g)  // whole gates, three buffers
-    if (gates_r % g == 0 && fits(g * head_dim, 3)) return set(g * head_dim, 3);
+  for (int g = gates_r - 1; ring && g >= 1; --g)  // whole gates, kMaxSlots buffers
+    if (gates_r % g == 0 && fits(g * head_dim, kMaxSlots)) return set(g * head_dim, kMaxSlots);
   for (int k = head_dim / 2; ring && k >= 128 && k % 16 == 0 && head_dim % k == 0; k /= 2)
-    if (fits(k, 3)) return set(k, 3);
+    if (fits(k, kMaxSlots)) return set(k, kMaxSlots);
   int g = gates_r;
   while (g > 1 && (gates_r % g != 0 || !fits(g * head_dim, 1))) --g;
   set(g * head_dim, 1);

@@ -7,20 +7,27 @@ of dim 16 give 144 CTAs of 8 rows, more than an H100 holds, so the fused kernels
 sm_90 clusters of 8 CTAs exchanging through distributed shared memory, in fp32 32 CTAs per head
 exchanging through L2 (and in bf16 too with FLASHRNN_MULTI_L2=1, the last two cases); on sm_90
 the L2 variant stages the exchanged rows with multicast bulk copies in clusters of 16 CTAs, and
-with FLASHRNN_MULTICAST=0 (the last case) with per-CTA copies as on sm_80/86."""
+with FLASHRNN_MULTICAST=0 (the last case) with per-CTA copies as on sm_80/86. Head dim 768 (bf16)
+runs the L2 variant's backward with CTAs of dR and db alongside its recurrence (lstm and slstm on
+an H100). `python ci/sanitize_cases.py 768` runs only the cases of that head dim."""
 import os
+import sys
 
 import torch
 
 import flashrnn
 
 CASES = [("cuda_fused", 48, 2, "", ""), ("cuda_fused", 16, 48, "", ""), ("cuda", 48, 2, "", ""),
-         ("cuda_fused", 256, 2, "", ""), ("cuda_fused", 256, 2, "1", ""), ("cuda_fused", 256, 2, "1", "0")]
+         ("cuda_fused", 256, 2, "", ""), ("cuda_fused", 256, 2, "1", ""), ("cuda_fused", 256, 2, "1", "0"),
+         ("cuda_fused", 768, 1, "", "")]
+only = [int(d) for d in sys.argv[1:]]
 for function in flashrnn.CELLS:
     for backend, D, N, multi_l2, multicast in CASES:
+        if only and D not in only:
+            continue
         os.environ["FLASHRNN_MULTI_L2"] = multi_l2
         os.environ["FLASHRNN_MULTICAST"] = multicast
-        for dtype in (torch.bfloat16, torch.float32):
+        for dtype in (torch.bfloat16,) if D == 768 else (torch.bfloat16, torch.float32):
             spec = flashrnn.CELLS[function]
             g = torch.Generator(device="cpu").manual_seed(0)
             Wx = torch.randn(19, 5, spec.gates_w, N, D, generator=g).to("cuda", dtype).requires_grad_()

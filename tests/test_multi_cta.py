@@ -111,6 +111,51 @@ def test_multi_cta_l2_staging_modes_match_float64(case, function, multicast, mon
     check_against_reference(function, "cuda_fused", DTYPES[dtype], B, T, N, D)
 
 
+def alongside_ctas(function, dtype, B, T, N, D):
+    return _core.require_cuda_core("cuda_fused").multi_backward_alongside_ctas(
+        CELLS[function].code, _ops.DTYPE_CODES[dtype], torch.cuda.current_device(), B, T, N, D)
+
+
+# dR and db alongside the L2 variant's backward (kernels/weight_grad/alongside.cuh): steps in blocks
+# of 1024 // B, so T = 130 at B = 16 makes three blocks (the last one partial), T = 450 at B = 5 too.
+ALONGSIDE_CASES = [(16, 130, 1, 768), (5, 450, 2, 512), (64, 40, 1, 768)]
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("function", list(CELLS))
+@pytest.mark.parametrize("shape", ALONGSIDE_CASES, ids=lambda s: "B{}-T{}-N{}-D{}".format(*s))
+def test_multi_cta_weight_grads_alongside_match_float64(shape, function, dtype, monkeypatch):
+    B, T, N, D = shape
+    dt = DTYPES[dtype]
+    assert_multi(function, dt, B, N, D)
+    if alongside_ctas(function, dt, B, T, N, D) == 0:
+        pytest.skip("no SM left beside the recurrence on this device")
+    inputs, _, _, weights = float64_reference(function, B, T, N, D, dt, "random", 5)
+    names = cuda_kernel_names(lambda: run_with_grads(function, "cuda_fused", inputs, weights))
+    assert "multi_backward_kernel" in names and "weight_grad_kernel" not in names, names
+    check_against_reference(function, "cuda_fused", dt, B, T, N, D)
+    first = run_with_grads(function, "cuda_fused", inputs, weights)
+    again = run_with_grads(function, "cuda_fused", inputs, weights)
+    for a, b in zip(first[2], again[2]):
+        assert torch.equal(a, b), "gradients differ between two runs"
+    monkeypatch.setenv("FLASHRNN_DR_ALONGSIDE", "0")  # weight_grad_kernel after the recurrence instead
+    assert alongside_ctas(function, dt, B, T, N, D) == 0
+    names = cuda_kernel_names(lambda: run_with_grads(function, "cuda_fused", inputs, weights))
+    assert "weight_grad_kernel" in names, names
+    check_against_reference(function, "cuda_fused", dt, B, T, N, D)
+
+
+def test_multi_cta_alongside_ctas_where_they_run():
+    # fp32 keeps weight_grad_kernel (3xTF32); 2048 x 1 fills the device with the recurrence. On an
+    # H100 (132 SMs) 768 x 1 leaves 36 SMs: clusters of 8 so that at least 24 of them compute dR.
+    assert alongside_ctas("lstm", torch.float32, 16, 64, 1, 768) == 0
+    assert alongside_ctas("lstm", torch.bfloat16, 16, 64, 1, 2048) == 0
+    assert alongside_ctas("lstm", torch.float16, 16, 0, 1, 768) == 0
+    if torch.cuda.get_device_properties(0).multi_processor_count == 132:
+        for B in (16, 64):
+            assert alongside_ctas("lstm", torch.float16, B, 1024, 1, 768) >= 24
+
+
 @pytest.mark.parametrize("function", list(CELLS))
 def test_multi_cta_zero_initial_states(function):
     assert_multi(function, torch.bfloat16, 4, 1, 256)

@@ -151,7 +151,10 @@ int64_t forward_workspace_floats(Family family, CellKind cell, DType dtype, int6
 int64_t backward_workspace_floats(Family family, CellKind cell, DType dtype, int64_t batch, int64_t steps,
                                   int64_t heads, int64_t head_dim) {
   const CellInfo c = info_of(cell);
-  const int64_t partials = weight_grad::scratch_floats(steps * batch, c.gates_r, c.gates_b, heads, head_dim);
+  const int64_t partials =
+      family == Family::kMulti
+          ? weight_grad::multi_scratch_floats(steps * batch, c.gates_r, c.gates_b, heads, head_dim)
+          : weight_grad::scratch_floats(steps * batch, c.gates_r, c.gates_b, heads, head_dim);
   const int64_t carry = family == Family::kAlternating ? c.states * batch * heads * head_dim : 0;
   const int64_t flags =
       family == Family::kMulti ? multi::flag_words(batch, heads, head_dim, element_size(dtype)) : 0;
@@ -184,6 +187,20 @@ void dispatch(Family family, CellKind cell, DType dtype, int device, const Param
 }
 
 }  // namespace
+
+int multi_backward_alongside_ctas(CellKind cell, DType dtype, int device, int64_t batch, int64_t steps,
+                                  int64_t heads, int64_t head_dim) {
+  BackwardParams p;
+  p.batch = batch;
+  p.steps = steps;
+  p.heads = heads;
+  p.head_dim = head_dim;
+  DeviceGuard guard(device);
+  const DeviceLimits limits = limits_of(device);
+  int ctas = 0;
+  with_cell_and_dtype(cell, dtype, [&]<class C, class T>() { ctas = multi_backward_alongside_ctas<C, T>(p, limits); });
+  return ctas;
+}
 
 void forward(Family family, CellKind cell, DType dtype, int device, const ForwardParams& p, cudaStream_t stream) {
   dispatch(

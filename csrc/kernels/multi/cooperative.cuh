@@ -11,6 +11,7 @@
 #include "../../common/check.h"
 #include "../../common/params.h"
 #include "../common/device.cuh"
+#include "../weight_grad/sizes.h"
 #include "cluster_launch.h"
 #include "plan.h"
 
@@ -124,40 +125,80 @@ inline int multicast_largest() {
   return std::strcmp(v, "0") == 0 ? 1 : std::strcmp(v, "8") == 0 ? 8 : 16;
 }
 
-// Launches kernel(param, plan, rest...) over (slices, groups, heads) CTAs, cooperatively. On
-// sm_90 the CTAs form clusters of plan.cluster for the multicast staging where every cluster fits
-// at once; else plan.cluster = 1.
+// FLASHRNN_DR_ALONGSIDE=0 turns off the backward's dR and db alongside the recurrence
+// (weight_grad/alongside.cuh): weight_grad_kernel runs after it, as where no SM is left free.
+inline bool alongside_enabled() {
+  const char* v = std::getenv("FLASHRNN_DR_ALONGSIDE");
+  return v == nullptr || std::strcmp(v, "0") != 0;
+}
+
+// Completes `plan` for a cooperative launch of `kernel` on `device` (and sets the kernel's
+// attributes it needs): on sm_90 plan.cluster, the largest cluster (16 where the device allows it,
+// else 8, 4, 2) whose clusters all fit at once, else 1; where plan.alongside asks,
+// plan.dr_columns, the grid columns that fit beside the slices (whole clusters, at least
+// weight_grad::kAlongsideMinCtas CTAs, else 0); a smaller cluster where only it leaves them room.
+// Throws where the CTAs cannot all be resident.
 template <class Param, class... Rest>
-void launch_cooperative(void (*kernel)(Param, Plan, Rest...), Plan plan, const DeviceLimits& device,
-                        cudaStream_t stream, const char* name, const Param& param, const Rest&... rest) {
+Plan launch_plan(void (*kernel)(Param, Plan, Rest...), Plan plan, const DeviceLimits& device, const char* name) {
   FLASHRNN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, plan.smem));
   cudaLaunchConfig_t config = {};
   config.gridDim = dim3(unsigned(plan.slices), unsigned(plan.groups), unsigned(plan.heads));
   config.blockDim = dim3(kThreads);
   config.dynamicSmemBytes = size_t(plan.smem);
-  config.stream = stream;
-  cudaLaunchAttribute attrs[2];  // the cluster dimension (max_active_clusters sets it), cooperative
-  attrs[1].id = cudaLaunchAttributeCooperative;
-  attrs[1].val.cooperative = 1;
-
-  // The largest cluster (16 where the device allows it, else 8, 4, 2) whose clusters all fit at once.
+  cudaLaunchAttribute attr;
   int largest = device.cc_major >= 9 ? multicast_largest() : 1;
   if (largest > 8 && cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) != cudaSuccess) {
     (void)cudaGetLastError();
     largest = 8;
   }
-  for (plan.cluster = multicast_cluster(plan.slices, largest); plan.cluster > 1;
-       plan.cluster = multicast_cluster(plan.slices, plan.cluster / 2)) {
-    if ((long long)cluster::max_active_clusters(kernel, config, attrs[0], plan.cluster) * plan.cluster >= plan.ctas)
-      break;
+  const bool alongside = plan.alongside && alongside_enabled();
+  // Grid columns of dR and db CTAs beside the slices where `resident` CTAs fit in clusters of `cluster`.
+  auto columns_beside = [&](long long resident, int cluster) {
+    const long long per_column = (long long)plan.groups * plan.heads;
+    int columns = int((resident - plan.ctas) / per_column);
+    columns -= columns % cluster;
+    return alongside && columns * per_column >= weight_grad::kAlongsideMinCtas ? columns : 0;
+  };
+  plan.dr_columns = 0;
+  plan.cluster = 1;
+  for (int c = multicast_cluster(plan.slices, largest); c > 1; c = multicast_cluster(plan.slices, c / 2)) {
+    const long long resident = (long long)cluster::max_active_clusters(kernel, config, attr, c) * c;
+    if (resident < plan.ctas) continue;
+    if (plan.cluster == 1) plan.cluster = c;  // the largest that fits
+    if (const int columns = columns_beside(resident, c); columns > 0) {
+      plan.cluster = c;
+      plan.dr_columns = columns;
+    }
+    if (!alongside || plan.dr_columns > 0) break;
   }
   if (plan.cluster == 1) {
     int per_sm = 0;
     FLASHRNN_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, plan.smem));
-    FLASHRNN_CHECK((long long)per_sm * device.sm_count >= plan.ctas,
-                   name << ": " << plan.ctas << " CTAs must be resident at once, the device holds " << per_sm
-                        << " per SM x " << device.sm_count << " SMs");
+    const long long resident = (long long)per_sm * device.sm_count;
+    FLASHRNN_CHECK(resident >= plan.ctas, name << ": " << plan.ctas << " CTAs must be resident at once, the device holds "
+                                               << per_sm << " per SM x " << device.sm_count << " SMs");
+    plan.dr_columns = columns_beside(resident, 1);
   }
+  return plan;
+}
+
+// Launches kernel(param, plan, rest...) over (slices + dr_columns, groups, heads) CTAs,
+// cooperatively, in clusters of plan.cluster where it is above 1; `plan` from launch_plan.
+template <class Param, class... Rest>
+void launch_cooperative(void (*kernel)(Param, Plan, Rest...), const Plan& plan, cudaStream_t stream, const char* name,
+                        const Param& param, const Rest&... rest) {
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(unsigned(plan.slices + plan.dr_columns), unsigned(plan.groups), unsigned(plan.heads));
+  config.blockDim = dim3(kThreads);
+  config.dynamicSmemBytes = size_t(plan.smem);
+  config.stream = stream;
+  cudaLaunchAttribute attrs[2];  // the cluster dimension, cooperative
+  attrs[0].id = cudaLaunchAttributeClusterDimension;
+  attrs[0].val.clusterDim.x = unsigned(plan.cluster);
+  attrs[0].val.clusterDim.y = 1;
+  attrs[0].val.clusterDim.z = 1;
+  attrs[1].id = cudaLaunchAttributeCooperative;
+  attrs[1].val.cooperative = 1;
   config.attrs = plan.cluster > 1 ? attrs : attrs + 1;
   config.numAttrs = plan.cluster > 1 ? 2 : 1;
   FLASHRNN_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, param, plan, rest...));

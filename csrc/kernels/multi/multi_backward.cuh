@@ -22,6 +22,7 @@
 #include "../../common/params.h"
 #include "../cells/all_cells.cuh"
 #include "../common/device.cuh"
+#include "../weight_grad/alongside.cuh"
 #include "../weight_grad/sizes.h"
 #include "../weight_grad/weight_grad.cuh"
 #include "cluster_backward.cuh"
@@ -41,6 +42,14 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
   constexpr int kThreads = multi::kThreads, kChains = 4;
 
   extern __shared__ __align__(128) unsigned char smem[];
+  if (blockIdx.x >= plan.slices) {  // a CTA of dR and db alongside (weight_grad/alongside.cuh)
+    if constexpr (sizeof(T) == 2) {
+      const int columns = plan.dr_columns, worker = (blockIdx.z * gridDim.y + blockIdx.y) * columns + blockIdx.x - plan.slices;
+      alongside::weight_grad_alongside<T>(p, Cell::kGatesR, Cell::kGatesB, worker, columns * gridDim.y * gridDim.z,
+                                          flags, plan.heads * plan.groups * plan.slices, smem);
+    }
+    return;
+  }
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, q = lane % 4;
   const int64_t B = p.batch, steps = p.steps, N = p.heads, D = p.head_dim, ND = N * D;
   const int rows = plan.rows(), mt_count = plan.mt, k_groups = multi::kWarps / mt_count;
@@ -206,8 +215,29 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
   if (multicast) cluster_sync();  // no CTA leaves while its copies may still be landing in a peer
 }
 
-// The cluster variant where it runs (see launch_multi_forward), else the L2 variant; then the
-// weight gradients. Workspace: the weight-gradient partial sums (weight_grad.cuh), then the L2
+// The L2 variant's plan for p on `device`, completed for its launch (multi::launch_plan): stage
+// buffers (a ring where multicast stages them), CTAs of dR and db alongside where SMs are left
+// free for them (16-bit types).
+template <class Cell, class T>
+multi::Plan multi_backward_plan(const BackwardParams& p, const DeviceLimits& device) {
+  multi::Plan plan;
+  const bool ring = device.cc_major >= 9 && multi::multicast_largest() > 1;  // staged by multicast (as a rule)
+  const char* why = multi::make_plan(plan, true, Cell::kGatesR, sizeof(T), p.batch, p.heads, p.head_dim,
+                                     device.smem_per_block, device.smem_per_sm, device.sm_count, ring);
+  FLASHRNN_CHECK(why == nullptr, "multi-CTA backward: " << why);
+  plan.alongside = sizeof(T) == 2 && !p.recurrent_cut && p.steps > 0 && plan.smem >= alongside::kSmemBytes;
+  return multi::launch_plan(multi_backward_kernel<Cell, T>, plan, device, "multi_backward_kernel");
+}
+
+template <class Cell, class T>
+int multi_backward_alongside_ctas(const BackwardParams& p, const DeviceLimits& device) {
+  const multi::Plan plan = multi_backward_plan<Cell, T>(p, device);
+  return plan.dr_columns * plan.groups * plan.heads;
+}
+
+// The cluster variant where it runs (see launch_multi_forward), else the L2 variant; the weight
+// gradients alongside the L2 variant where it has CTAs for them, else after it. Workspace: the
+// weight-gradient sums (weight_grad.cuh's partials or alongside.cuh's running sums), then the L2
 // variant's progress counters.
 template <class Cell, class T>
 void launch_multi_backward(const BackwardParams& p, const DeviceLimits& device, cudaStream_t stream) {
@@ -219,18 +249,14 @@ void launch_multi_backward(const BackwardParams& p, const DeviceLimits& device, 
     launch_weight_grad<T>(p, Cell::kGatesR, Cell::kGatesB, p.workspace, stream);
     return;
   }
-  multi::Plan plan;
-  const bool ring = device.cc_major >= 9 && multi::multicast_largest() > 1;  // staged by multicast (as a rule)
-  const char* why = multi::make_plan(plan, true, Cell::kGatesR, sizeof(T), p.batch, p.heads, p.head_dim,
-                                     device.smem_per_block, device.smem_per_sm, device.sm_count, ring);
-  FLASHRNN_CHECK(why == nullptr, "multi-CTA backward: " << why);
-  const int64_t partials =
-      weight_grad::scratch_floats(p.steps * p.batch, Cell::kGatesR, Cell::kGatesB, p.heads, p.head_dim);
-  unsigned* flags = reinterpret_cast<unsigned*>(p.workspace + partials);
+  const multi::Plan plan = multi_backward_plan<Cell, T>(p, device);
+  const int64_t sums =
+      weight_grad::multi_scratch_floats(p.steps * p.batch, Cell::kGatesR, Cell::kGatesB, p.heads, p.head_dim);
+  unsigned* flags = reinterpret_cast<unsigned*>(p.workspace + sums);
   FLASHRNN_CUDA_CHECK(cudaMemsetAsync(
       flags, 0, sizeof(unsigned) * multi::flag_words(p.batch, p.heads, p.head_dim, sizeof(T)), stream));
-  multi::launch_cooperative(multi_backward_kernel<Cell, T>, plan, device, stream, "multi_backward_kernel", p, flags);
-  launch_weight_grad<T>(p, Cell::kGatesR, Cell::kGatesB, p.workspace, stream);
+  multi::launch_cooperative(multi_backward_kernel<Cell, T>, plan, stream, "multi_backward_kernel", p, flags);
+  if (plan.dr_columns == 0) launch_weight_grad<T>(p, Cell::kGatesR, Cell::kGatesB, p.workspace, stream);
 }
 
 }  // namespace flashrnn

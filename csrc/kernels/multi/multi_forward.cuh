@@ -187,7 +187,9 @@ void launch_multi_forward(const ForwardParams& p, const DeviceLimits& device, cu
   FLASHRNN_CUDA_CHECK(cudaMemsetAsync(  // the progress flags (the h rows are written before they are read)
       p.workspace + multi::exchange_words(p.batch, p.heads, p.head_dim, sizeof(T)), 0,
       sizeof(unsigned) * multi::flag_words(p.batch, p.heads, p.head_dim, sizeof(T)), stream));
-  multi::launch_cooperative(multi_forward_kernel<Cell, T>, plan, device, stream, "multi_forward_kernel", p);
+  const char* name = "multi_forward_kernel";
+  multi::launch_cooperative(multi_forward_kernel<Cell, T>,
+                            multi::launch_plan(multi_forward_kernel<Cell, T>, plan, device, name), stream, name, p);
 }
 
 }  // namespace flashrnn

@@ -47,6 +47,8 @@ struct Plan {
   long long ctas = 0;
   int cluster = 1;           // sm_90: CTAs per cluster that stage the exchanged rows together
                              // (multicast bulk copies, cooperative.cuh); 1: each CTA copies all
+  bool alongside = false;    // backward: asks the launch for CTAs that compute dR and db alongside
+  int dr_columns = 0;        // those CTAs, as grid columns beyond the slices (launch_plan sets it)
 
   constexpr int rows() const { return 16 * mt; }
   constexpr long long padded_batch() const { return (long long)groups * rows(); }

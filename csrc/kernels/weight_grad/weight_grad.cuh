@@ -33,6 +33,36 @@ constexpr int kChunk = 32, kThreads = 128;
 // 4, 120 us and a few spilled registers). fp32 is left unbounded: capped, it spills 572 bytes.
 template <class T>
 constexpr int kMinCtas = sizeof(T) == 2 ? 4 : 1;
+
+// One 16-row k-step of a warp's 32 x (16 * kPairs) corner of dR (16-bit types) from shared memory:
+// a = dg rows [k][m] (a_row elements apart), b = h rows [k][j] (b_row apart), the corner at (wm, wn);
+// dR products into part (if has_r), db products (dg times ones, if db_warp) into part_db.
+template <class T, int kPairs = 2>
+__device__ __forceinline__ void kstep16(const T* a, int a_row, const T* b, int b_row, int wm, int wn, bool has_r,
+                                        bool db_warp, float (&part)[2][2 * kPairs][4], float (&part_db)[2][4]) {
+  const int lane = threadIdx.x % 32;
+  uint32_t af[2][4];
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt)
+    ldmatrix_x4_trans(af[mt], a + ((lane >> 4) * 8 + (lane & 7)) * a_row + wm + mt * 16 + (lane >> 3 & 1) * 8);
+  if (db_warp) {
+    const uint32_t one = Mma<T>::pack(from_float<T>(1.f), from_float<T>(1.f)), ones[2] = {one, one};
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt) Mma<T>::mma(part_db[mt], af[mt], ones, false);
+  }
+  if (!has_r) return;
+#pragma unroll
+  for (int np = 0; np < kPairs; ++np) {  // two n-tiles of 8 columns per ldmatrix
+    uint32_t r4[4];
+    ldmatrix_x4_trans(r4, b + ((lane >> 3 & 1) * 8 + (lane & 7)) * b_row + wn + np * 16 + (lane >> 4) * 8);
+    const uint32_t lo[2] = {r4[0], r4[1]}, hi[2] = {r4[2], r4[3]};
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt) {
+      Mma<T>::mma(part[mt][2 * np], af[mt], lo, false);
+      Mma<T>::mma(part[mt][2 * np + 1], af[mt], hi, false);
+    }
+  }
+}
 }  // namespace weight_grad
 
 // Rows [split * rows_per_split, ...) of K; with one split dR and db go to `dr` and `db` (dtype),
@@ -145,29 +175,8 @@ __global__ void __launch_bounds__(weight_grad::kThreads, weight_grad::kMinCtas<T
       }
     } else {
 #pragma unroll
-      for (int k0 = 0; k0 < kChunk; k0 += 16) {
-        uint32_t a[2][4], b[4][2];
-#pragma unroll
-        for (int mt = 0; mt < 2; ++mt)
-          ldmatrix_x4_trans(a[mt], &a_s[buf][k0 + (lane >> 4) * 8 + (lane & 7)][wm + mt * 16 + (lane >> 3 & 1) * 8]);
-        if (db_warp) {
-          const uint32_t one = Mma<T>::pack(from_float<T>(1.f), from_float<T>(1.f)), ones[2] = {one, one};
-#pragma unroll
-          for (int mt = 0; mt < 2; ++mt) Mma<T>::mma(part_db[mt], a[mt], ones, tf32);
-        }
-        if (!has_r) continue;
-#pragma unroll
-        for (int np = 0; np < 2; ++np) {
-          uint32_t r4[4];
-          ldmatrix_x4_trans(r4, &b_s[buf][k0 + (lane >> 3 & 1) * 8 + (lane & 7)][wn + np * 16 + (lane >> 4) * 8]);
-          b[2 * np][0] = r4[0]; b[2 * np][1] = r4[1];
-          b[2 * np + 1][0] = r4[2]; b[2 * np + 1][1] = r4[3];
-        }
-#pragma unroll
-        for (int mt = 0; mt < 2; ++mt)
-#pragma unroll
-          for (int nt = 0; nt < 4; ++nt) Mma<T>::mma(part[mt][nt], a[mt], b[nt], tf32);
-      }
+      for (int k0 = 0; k0 < kChunk; k0 += 16)
+        weight_grad::kstep16<T>(&a_s[buf][k0][0], kRow, &b_s[buf][k0][0], kRow, wm, wn, has_r, db_warp, part, part_db);
     }
 #pragma unroll
     for (int mt = 0; mt < 2; ++mt) {

@@ -27,6 +27,9 @@ constexpr int kRowA = kTileM + kPad, kRowB = kTileN + kPad;  // elements per sta
 constexpr int kStages = 4;                                   // chunks in the ring
 constexpr int kStageBytes = kChunk * (kRowA + kRowB) * 2;   // 16-bit elements: 34 KB (136 KB in all)
 constexpr int kSmemBytes = kStages * kStageBytes;
+// Polls of a progress flag before a trap (a broken launch): > 60 s, as the recurrent CTAs' waits
+// (multi::kMaxPolls); a block of steps takes ~0.5 ms here, seconds under compute-sanitizer.
+constexpr long long kMaxPolls = 1LL << 26;
 
 // Waits until each of `count` progress flags is at least `want`: one warp polls (every microsecond:
 // the recurrent CTAs poll the same lines every step), then the block meets. Called by all threads.
@@ -35,7 +38,7 @@ __device__ __forceinline__ void wait_for_progress(const unsigned* flags, int cou
     for (int i = int(threadIdx.x); i < count; i += 32) {
       long long polls = 0;
       while (ld_relaxed_gpu(flags + i) < want) {
-        if (++polls > (1LL << 22)) __trap();  // > 4 s: a broken launch, raised as a CUDA error
+        if (++polls > kMaxPolls) __trap();  // raised as a CUDA error
         __nanosleep(1000);
       }
       ld_acquire_gpu(flags + i);

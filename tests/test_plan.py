@@ -153,7 +153,9 @@ def test_fused_backward_scratch_for_split_dr_is_bounded():
 def test_large_heads_split_dr_into_about_four_waves():
     # sizes.h: heads of 256 and more with a wave or more of 64 x 64 dR tiles (>= 512) split the
     # T * B rows so that about 2048 CTAs run (768 x 1: 576 tiles, one wave and a bit unsplit);
-    # their partials are at most 4 times dR (plus db's), and the multi family adds one flag per CTA
+    # their partials are at most 4 times dR (plus db's); the multi family keeps room for at least one
+    # dR and db in fp32 (the running sums of dR and db alongside its backward, weight_grad/alongside.cuh)
+    # and adds one flag per CTA
     C = _core._C
     lstm = CELLS["lstm"]
     for B, D, splits in [(16, 768, 4), (64, 768, 4), (16, 1024, 2), (16, 2048, 1), (16, 512, 2), (1, 768, 1)]:
@@ -161,7 +163,7 @@ def test_large_heads_split_dr_into_about_four_waves():
                                             B, 1024, 1, D)
         flags = plan(True, "lstm", "bfloat16", B, 1, D, "H100 SXM (sm_90)")["flag_words"]
         per_split = lstm.gates_b * D + lstm.gates_r * D * D
-        assert total - flags == (splits * per_split if splits > 1 else 0), (B, D, total, flags)
+        assert total - flags == max(splits * per_split if splits > 1 else 0, per_split), (B, D, total, flags)
 
 
 def cluster_plan(backward, function, dtype, B, N, D, device="H100 SXM (sm_90)"):

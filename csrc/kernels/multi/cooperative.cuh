@@ -24,15 +24,21 @@ constexpr long long kMaxPolls = 1LL << 26;
 // Waits until each of the `count` progress flags of this CTA's (head, batch group) is at least
 // `want` (threads of the block poll one flag each, relaxed: no L1 invalidation per poll; then one
 // acquire per flag), then meets the whole block: every write released before those flags is
-// visible to every thread after it. Called by all threads.
+// visible to every thread after it. Called by all threads. kPollers > 0: only that many threads
+// poll, kSleepNs apart (the dR and db CTAs, weight_grad/alongside.cuh, poll the same lines as the
+// recurrence, less often).
+template <int kPollers = 0, unsigned kSleepNs = 32>
 __device__ __forceinline__ void wait_for_flags(const unsigned* flags, int count, unsigned want) {
-  for (int i = threadIdx.x; i < count; i += blockDim.x) {
-    long long polls = 0;
-    while (ld_relaxed_gpu(flags + i) < want) {
-      if (++polls > kMaxPolls) __trap();
-      __nanosleep(32);
+  const int stride = kPollers > 0 ? kPollers : int(blockDim.x);
+  if (kPollers == 0 || int(threadIdx.x) < kPollers) {
+    for (int i = threadIdx.x; i < count; i += stride) {
+      long long polls = 0;
+      while (ld_relaxed_gpu(flags + i) < want) {
+        if (++polls > kMaxPolls) __trap();
+        __nanosleep(kSleepNs);
+      }
+      ld_acquire_gpu(flags + i);  // (a fence.acq_rel instead: slower, it waits for the thread's stores and loads in flight)
     }
-    ld_acquire_gpu(flags + i);  // (a fence.acq_rel instead: slower, it waits for the thread's stores and loads in flight)
   }
   __syncthreads();
 }

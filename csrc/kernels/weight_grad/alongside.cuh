@@ -15,6 +15,7 @@
 
 #include "../../common/params.h"
 #include "../common/device.cuh"
+#include "../multi/cooperative.cuh"
 #include "sizes.h"
 #include "weight_grad.cuh"
 
@@ -27,26 +28,6 @@ constexpr int kRowA = kTileM + kPad, kRowB = kTileN + kPad;  // elements per sta
 constexpr int kStages = 4;                                   // chunks in the ring
 constexpr int kStageBytes = kChunk * (kRowA + kRowB) * 2;   // 16-bit elements: 34 KB (136 KB in all)
 constexpr int kSmemBytes = kStages * kStageBytes;
-// Polls of a progress flag before a trap (a broken launch): > 60 s, as the recurrent CTAs' waits
-// (multi::kMaxPolls); a block of steps takes ~0.5 ms here, seconds under compute-sanitizer.
-constexpr long long kMaxPolls = 1LL << 26;
-
-// Waits until each of `count` progress flags is at least `want`: one warp polls (every microsecond:
-// the recurrent CTAs poll the same lines every step), then the block meets. Called by all threads.
-__device__ __forceinline__ void wait_for_progress(const unsigned* flags, int count, unsigned want) {
-  if (threadIdx.x < 32) {
-    for (int i = int(threadIdx.x); i < count; i += 32) {
-      long long polls = 0;
-      while (ld_relaxed_gpu(flags + i) < want) {
-        if (++polls > kMaxPolls) __trap();  // raised as a CUDA error
-        __nanosleep(1000);
-      }
-      ld_acquire_gpu(flags + i);
-    }
-  }
-  __syncthreads();
-}
-
 // The dg row and h row of one 16-byte copy, walked one chunk at a time through a block's rows
 // (b, t), t fastest in [t_lo, t_lo + len) (dg rows of one b are adjacent in memory: b fastest, the
 // rows of a chunk were 6 MB apart at 768 x 1 and B = 64, a TLB miss each), without divisions.
@@ -69,7 +50,7 @@ template <class T>
 __device__ void weight_grad_alongside(const BackwardParams& p, int gates_r, int gates_b, int worker, int workers,
                                       const unsigned* flags, int count, unsigned char* smem) {
   static_assert(sizeof(T) == 2, "16-bit types (fp32 keeps weight_grad_kernel's 3xTF32 path)");
-  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, q = lane % 4;
+  const int tid = threadIdx.x, warp = tid / 32;
   const int batch = int(p.batch), steps = int(p.steps);
   const int64_t N = p.heads, D = p.head_dim, ND = N * D, M = gates_r * D, Mb = gates_b * D;
   const int64_t m_tiles = (Mb + kTileM - 1) / kTileM, n_tiles = (D + kTileN - 1) / kTileN;
@@ -92,7 +73,8 @@ __device__ void weight_grad_alongside(const BackwardParams& p, int gates_r, int 
     const int t_hi = steps - blk * tau, t_lo = t_hi > tau ? t_hi - tau : 0;  // 0-based steps [t_lo, t_hi)
     const int len = t_hi - t_lo, chunks = (len * batch + kChunk - 1) / kChunk;
     const int adv_t = kChunk % len, adv_b = kChunk / len;  // a walk's step: one chunk
-    wait_for_progress(flags, count, unsigned(steps - t_lo));
+    // One warp polls, every microsecond (the recurrent CTAs poll the same lines every step).
+    multi::wait_for_flags<32, 1000>(flags, count, unsigned(steps - t_lo));
     for (int64_t tile = worker; tile < tiles; tile += workers) {
       const int64_t n = tile / (m_tiles * n_tiles), mj = tile % (m_tiles * n_tiles);
       const int64_t m0 = mj / n_tiles * kTileM, j0 = mj % n_tiles * kTileN;
@@ -141,33 +123,23 @@ __device__ void weight_grad_alongside(const BackwardParams& p, int gates_r, int 
       // Running sums: the first block writes them, the last adds them into the outputs. Each value
       // is read and written by the same thread in every block.
       const bool first = blk == 0, last = blk == blocks - 1;
-#pragma unroll
-      for (int mt = 0; mt < 2; ++mt)
-#pragma unroll
-        for (int half = 0; half < 2; ++half) {
-          const int64_t m = m0 + wm + mt * 16 + g + 8 * half;
-          if (db_warp && q == 0 && m < Mb) {
-            const int64_t at = (m / D * N + n) * D + m % D;
-            const float v = acc_db[mt][2 * half] + (first ? 0.f : sum_b[at]);
+      weight_grad::for_each_output(
+          acc, acc_db, m0 + wm, j0 + wn, M, Mb, N, D, n, db_warp,
+          [&](int64_t at, float v) {
+            if (!first) v += sum_b[at];
             if (last) static_cast<T*>(p.dbias)[at] = from_float<T>(v);
             else sum_b[at] = v;
-          }
-          if (m >= M) continue;
-          const int64_t row = ((m / D) * N + n) * D * D + (m % D) * D;
-#pragma unroll
-          for (int nt = 0; nt < kWarpN / 8; ++nt) {
-            const int64_t j = j0 + wn + nt * 8 + 2 * q;
-            if (j >= D) continue;
-            float2 v = make_float2(acc[mt][nt][2 * half], acc[mt][nt][2 * half + 1]);
+          },
+          [&](int64_t at, float v0, float v1) {
+            float2 v = make_float2(v0, v1);
             if (!first) {
-              const float2 old = *reinterpret_cast<const float2*>(sum_r + row + j);
+              const float2 old = *reinterpret_cast<const float2*>(sum_r + at);
               v.x += old.x;
               v.y += old.y;
             }
-            if (last) store_pair(static_cast<T*>(p.dr) + row + j, v.x, v.y);
-            else *reinterpret_cast<float2*>(sum_r + row + j) = v;
-          }
-        }
+            if (last) store_pair(static_cast<T*>(p.dr) + at, v.x, v.y);
+            else *reinterpret_cast<float2*>(sum_r + at) = v;
+          });
     }
   }
 }

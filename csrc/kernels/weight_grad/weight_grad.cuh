@@ -63,6 +63,32 @@ __device__ __forceinline__ void kstep16(const T* a, int a_row, const T* b, int b
     }
   }
 }
+
+// The outputs a thread holds after kstep16 for the warp's corner at tile rows m_first = m0 + wm and
+// columns j_first = j0 + wn of head n (mma fragment layout: rows g and g + 8, columns 2q and 2q + 1):
+// db(at, v) for each db value in the output [Gb][N][D] (column-0 warps, q = 0: every column of the
+// ones product holds the row sum), r(at, v0, v1) for each pair of adjacent dR values in [Gr][N][D][D].
+// Rows at or past M (GRU's last gate has no R) and columns past D hold no output.
+template <int kNt, class DbOut, class ROut>
+__device__ __forceinline__ void for_each_output(const float (&acc)[2][kNt][4], const float (&acc_db)[2][4],
+                                                int64_t m_first, int64_t j_first, int64_t M, int64_t Mb,
+                                                int64_t N, int64_t D, int64_t n, bool db_warp, DbOut db, ROut r) {
+  const int lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int64_t m = m_first + mt * 16 + g + 8 * half;
+      if (db_warp && q == 0 && m < Mb) db((m / D * N + n) * D + m % D, acc_db[mt][2 * half]);
+      if (m >= M) continue;
+      const int64_t row = ((m / D) * N + n) * D * D + (m % D) * D;
+#pragma unroll
+      for (int nt = 0; nt < kNt; ++nt) {
+        const int64_t j = j_first + nt * 8 + 2 * q;
+        if (j < D) r(row + j, acc[mt][nt][2 * half], acc[mt][nt][2 * half + 1]);
+      }
+    }
+}
 }  // namespace weight_grad
 
 // Rows [split * rows_per_split, ...) of K; with one split dR and db go to `dr` and `db` (dtype),
@@ -191,31 +217,16 @@ __global__ void __launch_bounds__(weight_grad::kThreads, weight_grad::kMinCtas<T
   }
   cp_async_wait<0>();
 
-  // Every column of the ones product holds the row sum: lanes q = 0 write db from column 0.
-#pragma unroll
-  for (int mt = 0; mt < 2; ++mt)
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const int64_t m = m0 + wm + mt * 16 + g + 8 * half;
-      if (db_warp && q == 0 && m < Mb) {
-        const int64_t at = (m / D * N + n) * D + m % D;
-        if (b_part == nullptr) db[at] = from_float<T>(acc_db[mt][2 * half]);
-        else b_part[split * gates_b * ND + at] = acc_db[mt][2 * half];
-      }
-      if (m >= M) continue;  // also every row of an M tile without R (GRU's last gate)
-      const int64_t at = ((m / D) * N + n) * D * D + (m % D) * D;
-#pragma unroll
-      for (int nt = 0; nt < 4; ++nt) {
-        const int64_t j = j0 + wn + nt * 8 + 2 * q;
-        if (j >= D) continue;
-        if (r_part == nullptr) {
-          store_pair(dr + at + j, acc[mt][nt][2 * half], acc[mt][nt][2 * half + 1]);
-        } else {
-          *reinterpret_cast<float2*>(r_part + split * M * ND + at + j) =
-              make_float2(acc[mt][nt][2 * half], acc[mt][nt][2 * half + 1]);
-        }
-      }
-    }
+  weight_grad::for_each_output(
+      acc, acc_db, m0 + wm, j0 + wn, M, Mb, N, D, n, db_warp,
+      [&](int64_t at, float v) {
+        if (b_part == nullptr) db[at] = from_float<T>(v);
+        else b_part[split * gates_b * ND + at] = v;
+      },
+      [&](int64_t at, float v0, float v1) {
+        if (r_part == nullptr) store_pair(dr + at, v0, v1);
+        else *reinterpret_cast<float2*>(r_part + split * M * ND + at) = make_float2(v0, v1);
+      });
 }
 
 // out[c] = sum over p (in order) of partial[p][c]: dR and db from their K-split partials.

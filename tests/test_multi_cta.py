@@ -11,6 +11,8 @@ FLASHRNN_MULTICAST=8 / 0 run clusters of 8 / per-CTA copies (sm_80/86's path).
 """
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -111,9 +113,13 @@ def test_multi_cta_l2_staging_modes_match_float64(case, function, multicast, mon
     check_against_reference(function, "cuda_fused", DTYPES[dtype], B, T, N, D)
 
 
-def alongside_ctas(function, dtype, B, T, N, D):
-    return _core.require_cuda_core("cuda_fused").multi_backward_alongside_ctas(
+def backward_launch(function, dtype, B, T, N, D):
+    return _core.require_cuda_core("cuda_fused").multi_backward_launch(
         CELLS[function].code, _ops.DTYPE_CODES[dtype], torch.cuda.current_device(), B, T, N, D)
+
+
+def alongside_ctas(function, dtype, B, T, N, D):
+    return backward_launch(function, dtype, B, T, N, D)["alongside_ctas"]
 
 
 # dR and db alongside the L2 variant's backward (kernels/weight_grad/alongside.cuh): steps in blocks
@@ -154,6 +160,27 @@ def test_multi_cta_alongside_ctas_where_they_run():
     if torch.cuda.get_device_properties(0).multi_processor_count == 132:
         for B in (16, 64):
             assert alongside_ctas("lstm", torch.float16, B, 1024, 1, 768) >= 24
+
+
+# The backward's producer warp (sm_90, multicast): where a step's dg does not fit one buffer and
+# every CTA has an SM to itself: 768 x 1 at B = 64 (eight chunks) and B = 19 (padded to 32 rows:
+# four chunks). The same products in the same order as without it: bitwise equal gradients.
+@pytest.mark.parametrize("function", list(CELLS))
+@pytest.mark.parametrize("B", [64, 19])
+def test_multi_cta_producer_warp_matches_float64_and_the_warps_without_it(function, B, monkeypatch):
+    T, N, D, dt = 9, 1, 768, torch.bfloat16
+    assert_multi(function, dt, B, N, D)
+    if not backward_launch(function, dt, B, T, N, D)["producer"]:
+        assert torch.cuda.get_device_capability()[0] < 9 or os.environ.get("FLASHRNN_MULTICAST") == "0"
+        pytest.skip("no multicast staging on this device: no producer warp")
+    check_against_reference(function, "cuda_fused", dt, B, T, N, D)
+    inputs, _, _, weights = float64_reference(function, B, T, N, D, dt, "random", 7)
+    first = run_with_grads(function, "cuda_fused", inputs, weights)
+    monkeypatch.setenv("FLASHRNN_PRODUCER", "0")
+    assert not backward_launch(function, dt, B, T, N, D)["producer"]
+    second = run_with_grads(function, "cuda_fused", inputs, weights)
+    for a, b in zip([first[0], *first[2]], [second[0], *second[2]]):
+        assert (a is None and b is None) or torch.equal(a, b), "results differ with and without the producer warp"
 
 
 @pytest.mark.parametrize("function", list(CELLS))

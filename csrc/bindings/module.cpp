@@ -164,11 +164,15 @@ PYBIND11_MODULE(_C, m) {
                                         int64_t d) {
     return flashrnn::backward_workspace_floats(Family(family), CellKind(cell), DType(dtype), b, t, n, d);
   });
-  m.def("multi_backward_alongside_ctas", [](int cell, int dtype, int device, int64_t b, int64_t t, int64_t n,
-                                            int64_t d) {
-    return flashrnn::multi_backward_alongside_ctas(CellKind(cell), DType(dtype), device, b, t, n, d);
-  }, "CTAs of the multi-CTA backward (L2 variant) that compute dR and db alongside its recurrence on the device "
-     "(0: after it)");
+  m.def("multi_backward_launch", [](int cell, int dtype, int device, int64_t b, int64_t t, int64_t n, int64_t d) {
+    const auto launch = flashrnn::multi_backward_launch(CellKind(cell), DType(dtype), device, b, t, n, d);
+    py::dict out;
+    out["alongside_ctas"] = launch.alongside_ctas;
+    out["producer"] = launch.producer;
+    out["cluster"] = launch.cluster;
+    return out;
+  }, "How the multi-CTA backward (L2 variant) launches on the device: alongside_ctas (CTAs computing dR and db "
+     "alongside its recurrence; 0: after it), producer (a warp staging the chunks), cluster (CTAs per cluster)");
   m.def("backward_rt_elements", [](int family, int cell, int64_t n, int64_t d) {
     return flashrnn::backward_rt_elements(Family(family), CellKind(cell), n, d);
   });

@@ -188,8 +188,8 @@ void dispatch(Family family, CellKind cell, DType dtype, int device, const Param
 
 }  // namespace
 
-int multi_backward_alongside_ctas(CellKind cell, DType dtype, int device, int64_t batch, int64_t steps,
-                                  int64_t heads, int64_t head_dim) {
+multi::BackwardLaunch multi_backward_launch(CellKind cell, DType dtype, int device, int64_t batch, int64_t steps,
+                                            int64_t heads, int64_t head_dim) {
   BackwardParams p;
   p.batch = batch;
   p.steps = steps;
@@ -197,9 +197,9 @@ int multi_backward_alongside_ctas(CellKind cell, DType dtype, int device, int64_
   p.head_dim = head_dim;
   DeviceGuard guard(device);
   const DeviceLimits limits = limits_of(device);
-  int ctas = 0;
-  with_cell_and_dtype(cell, dtype, [&]<class C, class T>() { ctas = multi_backward_alongside_ctas<C, T>(p, limits); });
-  return ctas;
+  multi::BackwardLaunch launch;
+  with_cell_and_dtype(cell, dtype, [&]<class C, class T>() { launch = multi_backward_launch<C, T>(p, limits); });
+  return launch;
 }
 
 void forward(Family family, CellKind cell, DType dtype, int device, const ForwardParams& p, cudaStream_t stream) {

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "../common/params.h"
+#include "../kernels/multi/plan.h"
 
 namespace flashrnn {
 
@@ -40,10 +41,11 @@ int64_t backward_workspace_floats(Family family, CellKind cell, DType dtype, int
                                   int64_t heads, int64_t head_dim);
 int64_t backward_rt_elements(Family family, CellKind cell, int64_t heads, int64_t head_dim);
 
-// CTAs of the multi-CTA backward's L2 variant that compute dR and db alongside its recurrence on
-// `device` (kernels/weight_grad/alongside.cuh); 0 where weight_grad_kernel runs after it.
-int multi_backward_alongside_ctas(CellKind cell, DType dtype, int device, int64_t batch, int64_t steps,
-                                  int64_t heads, int64_t head_dim);
+// How the multi-CTA backward's L2 variant launches on `device`: CTAs that compute dR and db
+// alongside its recurrence (kernels/weight_grad/alongside.cuh; 0 where weight_grad_kernel runs
+// after it), a producer warp, the cluster size.
+multi::BackwardLaunch multi_backward_launch(CellKind cell, DType dtype, int device, int64_t batch, int64_t steps,
+                                            int64_t heads, int64_t head_dim);
 
 // Launch on `stream` of `device`; nothing is allocated or synchronized.
 void forward(Family family, CellKind cell, DType dtype, int device, const ForwardParams& p, cudaStream_t stream);

@@ -7,6 +7,7 @@
 #include <cuda_runtime.h>
 
 #include "../common/params.h"
+#include "../kernels/multi/plan.h"
 
 namespace flashrnn {
 
@@ -30,9 +31,8 @@ template <class Cell, class T>
 void launch_multi_forward(const ForwardParams& p, const DeviceLimits& device, cudaStream_t stream);
 template <class Cell, class T>
 void launch_multi_backward(const BackwardParams& p, const DeviceLimits& device, cudaStream_t stream);
-// CTAs that compute dR and db alongside the multi-CTA backward's L2 variant for p on `device` (0:
-// weight_grad_kernel runs after it).
+// How the multi-CTA backward's L2 variant launches for p on `device`.
 template <class Cell, class T>
-int multi_backward_alongside_ctas(const BackwardParams& p, const DeviceLimits& device);
+multi::BackwardLaunch multi_backward_launch(const BackwardParams& p, const DeviceLimits& device);
 
 }  // namespace flashrnn

@@ -21,6 +21,20 @@ namespace flashrnn::multi {
 // broken launch: the kernel traps (a CUDA error, raised in Python) rather than hanging the GPU.
 constexpr long long kMaxPolls = 1LL << 26;
 
+// Polls flags first, first + stride, ... of `count` until each is at least `want` (relaxed: no L1
+// invalidation per poll), then acquires each once.
+template <unsigned kSleepNs>
+__device__ __forceinline__ void poll_flags(const unsigned* flags, int count, unsigned want, int first, int stride) {
+  for (int i = first; i < count; i += stride) {
+    long long polls = 0;
+    while (ld_relaxed_gpu(flags + i) < want) {
+      if (++polls > kMaxPolls) __trap();
+      __nanosleep(kSleepNs);
+    }
+    ld_acquire_gpu(flags + i);  // (a fence.acq_rel instead: slower, it waits for the thread's stores and loads in flight)
+  }
+}
+
 // Waits until each of the `count` progress flags of this CTA's (head, batch group) is at least
 // `want` (threads of the block poll one flag each, relaxed: no L1 invalidation per poll; then one
 // acquire per flag), then meets the whole block: every write released before those flags is
@@ -29,25 +43,18 @@ constexpr long long kMaxPolls = 1LL << 26;
 // recurrence, less often).
 template <int kPollers = 0, unsigned kSleepNs = 32>
 __device__ __forceinline__ void wait_for_flags(const unsigned* flags, int count, unsigned want) {
-  const int stride = kPollers > 0 ? kPollers : int(blockDim.x);
-  if (kPollers == 0 || int(threadIdx.x) < kPollers) {
-    for (int i = threadIdx.x; i < count; i += stride) {
-      long long polls = 0;
-      while (ld_relaxed_gpu(flags + i) < want) {
-        if (++polls > kMaxPolls) __trap();
-        __nanosleep(kSleepNs);
-      }
-      ld_acquire_gpu(flags + i);  // (a fence.acq_rel instead: slower, it waits for the thread's stores and loads in flight)
-    }
-  }
+  if (kPollers == 0 || int(threadIdx.x) < kPollers)
+    poll_flags<kSleepNs>(flags, count, want, int(threadIdx.x), kPollers > 0 ? kPollers : int(blockDim.x));
   __syncthreads();
 }
 
 // Meets the whole block (every thread's writes before it are done), then sets this CTA's flag to
 // `value`; the release store orders every write the barrier made visible to thread 0
 // (cumulativity). Called by all threads.
-__device__ __forceinline__ void release_flag(unsigned* flag, unsigned value) {
-  __syncthreads();
+// `threads` > 0: only the block's first `threads` threads meet (named barrier 1), the others run on.
+__device__ __forceinline__ void release_flag(unsigned* flag, unsigned value, int threads = 0) {
+  if (threads > 0) named_barrier(1, threads);
+  else __syncthreads();
   if (threadIdx.x == 0) st_release_gpu(flag, value);
 }
 
@@ -131,6 +138,12 @@ inline int multicast_largest() {
   return std::strcmp(v, "0") == 0 ? 1 : std::strcmp(v, "8") == 0 ? 8 : 16;
 }
 
+// FLASHRNN_PRODUCER=0 (scratch A/B): no producer warp in the backward.
+inline bool producer_enabled() {
+  const char* v = std::getenv("FLASHRNN_PRODUCER");
+  return v == nullptr || std::strcmp(v, "0") != 0;
+}
+
 // FLASHRNN_DR_ALONGSIDE=0 turns off the backward's dR and db alongside the recurrence
 // (weight_grad/alongside.cuh): weight_grad_kernel runs after it, as where no SM is left free.
 inline bool alongside_enabled() {
@@ -149,7 +162,7 @@ Plan launch_plan(void (*kernel)(Param, Plan, Rest...), Plan plan, const DeviceLi
   FLASHRNN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, plan.smem));
   cudaLaunchConfig_t config = {};
   config.gridDim = dim3(unsigned(plan.slices), unsigned(plan.groups), unsigned(plan.heads));
-  config.blockDim = dim3(kThreads);
+  config.blockDim = dim3(unsigned(plan.threads()));
   config.dynamicSmemBytes = size_t(plan.smem);
   cudaLaunchAttribute attr;
   int largest = device.cc_major >= 9 ? multicast_largest() : 1;
@@ -179,7 +192,7 @@ Plan launch_plan(void (*kernel)(Param, Plan, Rest...), Plan plan, const DeviceLi
   }
   if (plan.cluster == 1) {
     int per_sm = 0;
-    FLASHRNN_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, plan.smem));
+    FLASHRNN_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, plan.threads(), plan.smem));
     const long long resident = (long long)per_sm * device.sm_count;
     FLASHRNN_CHECK(resident >= plan.ctas, name << ": " << plan.ctas << " CTAs must be resident at once, the device holds "
                                                << per_sm << " per SM x " << device.sm_count << " SMs");
@@ -195,7 +208,7 @@ void launch_cooperative(void (*kernel)(Param, Plan, Rest...), const Plan& plan, 
                         const Param& param, const Rest&... rest) {
   cudaLaunchConfig_t config = {};
   config.gridDim = dim3(unsigned(plan.slices + plan.dr_columns), unsigned(plan.groups), unsigned(plan.heads));
-  config.blockDim = dim3(kThreads);
+  config.blockDim = dim3(unsigned(plan.threads()));
   config.dynamicSmemBytes = size_t(plan.smem);
   config.stream = stream;
   cudaLaunchAttribute attrs[2];  // the cluster dimension, cooperative

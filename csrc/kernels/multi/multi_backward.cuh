@@ -32,8 +32,10 @@
 
 namespace flashrnn {
 
-template <class Cell, class T>
-__global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
+// kProducer: launched with a ninth warp (plan.producer) that stages the chunks, one CTA per SM
+// (registers: two CTAs of nine warps would leave 96 per thread, and the code spills at that).
+template <class Cell, class T, bool kProducer>
+__global__ void __launch_bounds__(multi::kThreads + (kProducer ? 32 : 0), kProducer ? 1 : multi::kMaxCtasPerSm)
     multi_backward_kernel(const BackwardParams p, const multi::Plan plan, unsigned* flags) {
   static_assert(cells::Cell<Cell>, "see cells/elman.cuh for what a cell must define");
   using M = Mma<T>;
@@ -42,7 +44,14 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
   constexpr int kThreads = multi::kThreads, kChains = 4;
 
   extern __shared__ __align__(128) unsigned char smem[];
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+  if constexpr (kProducer) {  // multicast needs sm_90: the launch never picks it below (and the
+    __trap();                 // rest of its code stays out of the sm_80/86 binaries)
+    return;
+  }
+#endif
   if (blockIdx.x >= plan.slices) {  // a CTA of dR and db alongside (weight_grad/alongside.cuh)
+    if (threadIdx.x >= kThreads) return;  // (the producer warp of the recurrent CTAs' launch)
     if constexpr (sizeof(T) == 2) {
       const int columns = plan.dr_columns, worker = (blockIdx.z * gridDim.y + blockIdx.y) * columns + blockIdx.x - plan.slices;
       alongside::weight_grad_alongside<T>(p, Cell::kGatesR, Cell::kGatesB, worker, columns * gridDim.y * gridDim.z,
@@ -69,14 +78,16 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
     const int64_t kk = int64_t(ks) * M::kK, k = kk / D, i0 = kk % D;
     M::load_b_kmajor(f, r + ((k * N + n) * D + i0) * D + u0, D);
   };
-  if (!p.recurrent_cut) {
+  const bool is_producer = kProducer && warp == multi::kWarps;  // the ninth warp (below)
+  if (!p.recurrent_cut && !is_producer) {
     for (int ks = warp; ks < plan.resident; ks += multi::kWarps) {
       uint32_t f[2];
       r_fragment(ks, f);
       rs[ks * 32 + lane] = make_uint2(f[0], f[1]);
     }
   }
-  for (int i = tid; i < plan.slots * slot_bytes / 4; i += kThreads) reinterpret_cast<uint32_t*>(stage)[i] = 0u;
+  for (int i = tid; i < plan.slots * slot_bytes / 4 && !is_producer; i += kThreads)
+    reinterpret_cast<uint32_t*>(stage)[i] = 0u;
   __syncthreads();  // rows past the batch stay zero
   // Multicast staging: full[s] counts the bytes of the chunk landing in buffer s; empty[s] the
   // cluster's CTAs that have consumed its chunk, where the buffer is refilled in the same step
@@ -85,7 +96,15 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
   __shared__ uint64_t full[multi::kMaxSlots], empty[multi::kMaxSlots];
   unsigned empty_parity = 0;  // bit s: the parity of empty[s]'s next phase
   const bool multicast = plan.cluster > 1 && !p.recurrent_cut;
-  if (multicast) multi::start_multicast(full, plan.slots, empty, plan.cluster);
+  // With a producer warp (plan.producer: buffers refilled within a step, multicast), it waits for
+  // the flags and issues every chunk; each consumer warp arrives on every peer's empty[s] itself
+  // once done with a buffer the step refills, so the eight warps meet only for the partial sums.
+  const bool producer = kProducer && multicast;  // (the launch picks kProducer only with multicast)
+  if (multicast) multi::start_multicast(full, plan.slots, empty, plan.cluster * (producer ? multi::kWarps : 1));
+  auto meet = [&] {  // the consumer warps (all warps without a producer)
+    if (producer) named_barrier(1, kThreads);
+    else __syncthreads();
+  };
   // The chunks go through the buffers in order over all steps: put is the next buffer to stage
   // into, take the next to multiply (buffer, and the parity of its use). (64-bit divisions here
   // cost ~1000 cycles per chunk.)
@@ -102,26 +121,49 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
   // CTA of this (head, group) has published step s. Called by all threads (it synchronizes).
   // Chunk j (columns [j * chunk_k, (j + 1) * chunk_k) of dg_s) is staged `ahead` chunks before it
   // is multiplied: plan.slots of them are in flight while the first is multiplied.
-  auto recurrent = [&](int64_t s, float (&rec)[2]) {
-    multi::wait_for_flags(group_flags, plan.slices, unsigned(steps - s + 1));  // every CTA's dg_s is visible
-    const int mt = warp % mt_count, kg = warp / mt_count;
+  const int chunks = plan.chunks, ahead = plan.slots < chunks ? plan.slots : chunks;
+  // Stages chunk j of dg_s into buffer put.slot (multicast: this CTA's share, issued by the
+  // producer warp or by warp j % 8, the warps taking turns; else every thread copies). Called by
+  // the issuing warp(s), once no CTA still reads the buffer's last chunk.
+  auto stage_chunk = [&](int64_t s, int j) {  // dg is [B, T, Gb, N, D]: a chunk is whole gates or a column range of one
     const int64_t esize = sizeof(T);
     const unsigned char* dg_s = reinterpret_cast<const unsigned char*>(dg_out + (b0 * steps + s - 1) * kGb * ND + n * D);
-    const int chunks = plan.chunks, ahead = plan.slots < chunks ? plan.slots : chunks;
-    // Stages chunk j into buffer put.slot (multicast: warp j % 8 issues this CTA's share, the
-    // warps take turns; else every thread copies). Called by all threads, once no CTA still reads
-    // the buffer's last chunk.
-    auto stage_chunk = [&](int j) {  // dg is [B, T, Gb, N, D]: a chunk is whole gates or a column range of one
-      const int gate = whole_gates ? j * whole_gates : j / per_gate;
-      const int col = whole_gates ? 0 : (j - gate * per_gate) * chunk_k;
-      const multi::Pieces from{dg_s + (gate * ND + col) * esize, steps * kGb * ND * esize, ND * esize, valid_rows,
-                               whole_gates ? whole_gates : 1, unsigned((whole_gates ? D : chunk_k) * esize)};
-      unsigned char* dst = stage + put.slot * slot_bytes;
-      if (multicast) multi::multicast_pieces(dst, plan.a_row, from, plan.cluster, &full[put.slot], j % multi::kWarps);
-      else multi::copy_pieces(dst, plan.a_row, from);
-      put.next();
-    };
-    for (int j = 0; j < ahead; ++j) stage_chunk(j);
+    const int gate = whole_gates ? j * whole_gates : j / per_gate;
+    const int col = whole_gates ? 0 : (j - gate * per_gate) * chunk_k;
+    const multi::Pieces from{dg_s + (gate * ND + col) * esize, steps * kGb * ND * esize, ND * esize, valid_rows,
+                             whole_gates ? whole_gates : 1, unsigned((whole_gates ? D : chunk_k) * esize)};
+    unsigned char* dst = stage + put.slot * slot_bytes;
+    if (multicast) {
+      multi::multicast_pieces(dst, plan.a_row, from, plan.cluster, &full[put.slot],
+                              producer ? multi::kWarps : j % multi::kWarps);
+    } else {
+      multi::copy_pieces(dst, plan.a_row, from);
+    }
+    put.next();
+  };
+  // The producer warp's part of the steps s = T..1: every CTA of the (head, group) has published
+  // dg_s (which also means each is past its reads of step s + 1's chunks), then the chunks, each
+  // refill after the cluster's consumer warps are done with the buffer's last chunk.
+  if (producer && is_producer) {
+    for (int64_t s = steps; s >= 1; --s) {
+      multi::poll_flags<32>(group_flags, plan.slices, unsigned(steps - s + 1), lane, 32);
+      __syncwarp();
+      for (int j = 0; j < chunks; ++j) {
+        if (j >= ahead) {
+          mbar_wait(&empty[put.slot], empty_parity >> put.slot & 1u, cluster::kMaxPolls);
+          empty_parity ^= 1u << put.slot;
+        }
+        stage_chunk(s, j);
+      }
+    }
+    cluster_sync();  // as the consumers below
+    return;
+  }
+  auto recurrent = [&](int64_t s, float (&rec)[2]) {
+    if (!producer) multi::wait_for_flags(group_flags, plan.slices, unsigned(steps - s + 1));  // every CTA's dg_s is visible
+    const int mt = warp % mt_count, kg = warp / mt_count;
+    if (!producer)
+      for (int j = 0; j < ahead; ++j) stage_chunk(s, j);
     float acc[kChains][4] = {};
     for (int j = 0; j < chunks; ++j) {
       const int slot = take.slot;
@@ -162,17 +204,27 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
           else r_fragment(ks, f);
         });
       }
-      __syncthreads();  // chunk j is consumed here
       take.next();
+      if (producer) {  // this warp is done with buffer `slot`; tell every peer where it is refilled
+        if (j + ahead < chunks) {
+          __syncwarp();
+          if (lane < plan.cluster) arrive_remote(&empty[slot], unsigned(lane));
+        }
+        continue;
+      }
+      __syncthreads();  // chunk j is consumed here
       if (j + ahead >= chunks) continue;
       // Refill the buffer with chunk j + ahead once every CTA of the cluster is done with chunk j:
       // each tells every peer, the refill's issuing warp waits for all of them.
       if (multicast) {
-        if (tid < plan.cluster) arrive_remote(&empty[slot], unsigned(tid));
+        // The last warp's lanes arrive: past the pointwise rows where the batch group has at most
+        // 56 rows, so that their release need not wait for the pointwise's global loads in flight.
+        const int lane_of_last = tid - (kThreads - 32);
+        if (lane_of_last >= 0 && lane_of_last < plan.cluster) arrive_remote(&empty[slot], unsigned(lane_of_last));
         if (warp == (j + ahead) % multi::kWarps) mbar_wait(&empty[slot], empty_parity >> slot & 1u, cluster::kMaxPolls);
         empty_parity ^= 1u << slot;
       }
-      stage_chunk(j + ahead);
+      stage_chunk(s, j + ahead);
     }
     float sum[4] = {};
 #pragma unroll
@@ -183,7 +235,7 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
     for (int h = 0; h < 2; ++h)  // rows g and g + 8
       *reinterpret_cast<float2*>(red + (kg * rows + mt * 16 + g + 8 * h) * multi::kUnits + 2 * q) =
           make_float2(sum[2 * h], sum[2 * h + 1]);
-    __syncthreads();  // partial sums complete
+    meet();  // partial sums complete
     rec[0] = rec[1] = 0.f;
 #pragma unroll
     for (int j = 0; j < multi::kWarps; ++j) {  // all loads issued together
@@ -205,7 +257,8 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
       if (t > 1) cell.load_step(t - 1);  // (after the release instead: B = 16 0.2 us per step slower)
       cell.store_dg(t, dg);
     }
-    if (!p.recurrent_cut) multi::release_flag(group_flags + blockIdx.x, unsigned(steps - t + 1));  // dg_t is out
+    if (!p.recurrent_cut)  // dg_t is out
+      multi::release_flag(group_flags + blockIdx.x, unsigned(steps - t + 1), producer ? kThreads : 0);
   }
 
   // dL/ds_0 = what reaches the initial states: carried paths + the gradient on states[:, 0].
@@ -226,13 +279,21 @@ multi::Plan multi_backward_plan(const BackwardParams& p, const DeviceLimits& dev
                                      device.smem_per_block, device.smem_per_sm, device.sm_count, ring);
   FLASHRNN_CHECK(why == nullptr, "multi-CTA backward: " << why);
   plan.alongside = sizeof(T) == 2 && !p.recurrent_cut && p.steps > 0 && plan.smem >= alongside::kSmemBytes;
-  return multi::launch_plan(multi_backward_kernel<Cell, T>, plan, device, "multi_backward_kernel");
+  // A producer warp where buffers are refilled within a step and every CTA has an SM of its own.
+  plan.producer = ring && plan.slots < plan.chunks && !p.recurrent_cut && plan.ctas <= device.sm_count &&
+                  multi::producer_enabled();
+  if (plan.producer) {
+    const multi::Plan launched = multi::launch_plan(multi_backward_kernel<Cell, T, true>, plan, device, "multi_backward_kernel");
+    if (launched.cluster > 1) return launched;  // else per-CTA copies: every warp copies its rows
+    plan.producer = false;
+  }
+  return multi::launch_plan(multi_backward_kernel<Cell, T, false>, plan, device, "multi_backward_kernel");
 }
 
 template <class Cell, class T>
-int multi_backward_alongside_ctas(const BackwardParams& p, const DeviceLimits& device) {
+multi::BackwardLaunch multi_backward_launch(const BackwardParams& p, const DeviceLimits& device) {
   const multi::Plan plan = multi_backward_plan<Cell, T>(p, device);
-  return plan.dr_columns * plan.groups * plan.heads;
+  return {plan.dr_columns * plan.groups * plan.heads, plan.producer, plan.cluster};
 }
 
 // The cluster variant where it runs (see launch_multi_forward), else the L2 variant; the weight
@@ -255,7 +316,8 @@ void launch_multi_backward(const BackwardParams& p, const DeviceLimits& device, 
   unsigned* flags = reinterpret_cast<unsigned*>(p.workspace + sums);
   FLASHRNN_CUDA_CHECK(cudaMemsetAsync(
       flags, 0, sizeof(unsigned) * multi::flag_words(p.batch, p.heads, p.head_dim, sizeof(T)), stream));
-  multi::launch_cooperative(multi_backward_kernel<Cell, T>, plan, stream, "multi_backward_kernel", p, flags);
+  multi::launch_cooperative(plan.producer ? multi_backward_kernel<Cell, T, true> : multi_backward_kernel<Cell, T, false>,
+                            plan, stream, "multi_backward_kernel", p, flags);
   if (plan.dr_columns == 0) launch_weight_grad<T>(p, Cell::kGatesR, Cell::kGatesB, p.workspace, stream);
 }
 

@@ -19,6 +19,8 @@
 // an SM to itself, a ninth warp (kProducer) waits for the flags and the `empty` arrivals and issues
 // every chunk instead, and each consumer warp arrives on every peer's `empty` once done with a
 // buffer: no block barrier per chunk (768 x 1 B = 64 fp16 fwbw 20.9 -> 20.6 ms, GRU 18.5 -> 17.3).
+// The remote arrives release at cluster scope (at CTA scope they would not order this CTA's reads
+// before a peer's refill); without a producer that costs 1024 x 1 B = 64 5% (57.4 -> 60.2 ms).
 #pragma once
 
 #include "../../common/check.h"
@@ -220,10 +222,7 @@ __global__ void __launch_bounds__(multi::kThreads + (kProducer ? 32 : 0), kProdu
       // Refill the buffer with chunk j + ahead once every CTA of the cluster is done with chunk j:
       // each tells every peer, the refill's issuing warp waits for all of them.
       if (multicast) {
-        // The last warp's lanes arrive: past the pointwise rows where the batch group has at most
-        // 56 rows, so that their release need not wait for the pointwise's global loads in flight.
-        const int lane_of_last = tid - (kThreads - 32);
-        if (lane_of_last >= 0 && lane_of_last < plan.cluster) arrive_remote(&empty[slot], unsigned(lane_of_last));
+        if (tid < plan.cluster) arrive_remote(&empty[slot], unsigned(tid));
         if (warp == (j + ahead) % multi::kWarps) mbar_wait(&empty[slot], empty_parity >> slot & 1u, cluster::kMaxPolls);
         empty_parity ^= 1u << slot;
       }

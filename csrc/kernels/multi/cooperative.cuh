@@ -48,13 +48,19 @@ __device__ __forceinline__ void wait_for_flags(const unsigned* flags, int count,
   __syncthreads();
 }
 
+// Meets the block's first `threads` threads (named barrier 1; the others run on), or the whole
+// block where `threads` is 0.
+__device__ __forceinline__ void meet(int threads) {
+  if (threads > 0) named_barrier(1, threads);
+  else __syncthreads();
+}
+
 // Meets the whole block (every thread's writes before it are done), then sets this CTA's flag to
 // `value`; the release store orders every write the barrier made visible to thread 0
 // (cumulativity). Called by all threads.
-// `threads` > 0: only the block's first `threads` threads meet (named barrier 1), the others run on.
+// `threads` > 0: only the block's first `threads` threads meet (see meet()).
 __device__ __forceinline__ void release_flag(unsigned* flag, unsigned value, int threads = 0) {
-  if (threads > 0) named_barrier(1, threads);
-  else __syncthreads();
+  meet(threads);
   if (threadIdx.x == 0) st_release_gpu(flag, value);
 }
 
@@ -138,17 +144,13 @@ inline int multicast_largest() {
   return std::strcmp(v, "0") == 0 ? 1 : std::strcmp(v, "8") == 0 ? 8 : 16;
 }
 
-// FLASHRNN_PRODUCER=0 (scratch A/B): no producer warp in the backward.
-inline bool producer_enabled() {
-  const char* v = std::getenv("FLASHRNN_PRODUCER");
-  return v == nullptr || std::strcmp(v, "0") != 0;
-}
-
-// FLASHRNN_DR_ALONGSIDE=0 turns off the backward's dR and db alongside the recurrence
-// (weight_grad/alongside.cuh): weight_grad_kernel runs after it, as where no SM is left free.
-inline bool alongside_enabled() {
-  const char* v = std::getenv("FLASHRNN_DR_ALONGSIDE");
-  return v == nullptr || std::strcmp(v, "0") != 0;
+// Whether the environment variable `name` is "0" (a switch that is on unless so turned off):
+// FLASHRNN_DR_ALONGSIDE (the backward's dR and db alongside the recurrence, weight_grad/alongside.cuh;
+// off: weight_grad_kernel after it, as where no SM is left free) and FLASHRNN_PRODUCER (the
+// backward's producer warp, multi_backward.cuh). Tests and benchmarks compare both ways on one card.
+inline bool turned_off(const char* name) {
+  const char* v = std::getenv(name);
+  return v != nullptr && std::strcmp(v, "0") == 0;
 }
 
 // Completes `plan` for a cooperative launch of `kernel` on `device` (and sets the kernel's
@@ -170,7 +172,7 @@ Plan launch_plan(void (*kernel)(Param, Plan, Rest...), Plan plan, const DeviceLi
     (void)cudaGetLastError();
     largest = 8;
   }
-  const bool alongside = plan.alongside && alongside_enabled();
+  const bool alongside = plan.alongside && !turned_off("FLASHRNN_DR_ALONGSIDE");
   // Grid columns of dR and db CTAs beside the slices where `resident` CTAs fit in clusters of `cluster`.
   auto columns_beside = [&](long long resident, int cluster) {
     const long long per_column = (long long)plan.groups * plan.heads;

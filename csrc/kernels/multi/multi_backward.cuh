@@ -106,10 +106,7 @@ __global__ void __launch_bounds__(multi::kThreads + (kProducer ? 32 : 0), kProdu
   // once done with a buffer the step refills, so the eight warps meet only for the partial sums.
   const bool producer = kProducer && multicast;  // (the launch picks kProducer only with multicast)
   if (multicast) multi::start_multicast(full, plan.slots, empty, plan.cluster * (producer ? multi::kWarps : 1));
-  auto meet = [&] {  // the consumer warps (all warps without a producer)
-    if (producer) named_barrier(1, kThreads);
-    else __syncthreads();
-  };
+  const int consumers = producer ? kThreads : 0;  // the threads that meet (0: the whole block)
   // The chunks go through the buffers in order over all steps: put is the next buffer to stage
   // into, take the next to multiply (buffer, and the parity of its use). (64-bit divisions here
   // cost ~1000 cycles per chunk.)
@@ -237,7 +234,7 @@ __global__ void __launch_bounds__(multi::kThreads + (kProducer ? 32 : 0), kProdu
     for (int h = 0; h < 2; ++h)  // rows g and g + 8
       *reinterpret_cast<float2*>(red + (kg * rows + mt * 16 + g + 8 * h) * multi::kUnits + 2 * q) =
           make_float2(sum[2 * h], sum[2 * h + 1]);
-    meet();  // partial sums complete
+    multi::meet(consumers);  // partial sums complete
     rec[0] = rec[1] = 0.f;
 #pragma unroll
     for (int j = 0; j < multi::kWarps; ++j) {  // all loads issued together
@@ -260,7 +257,7 @@ __global__ void __launch_bounds__(multi::kThreads + (kProducer ? 32 : 0), kProdu
       cell.store_dg(t, dg);
     }
     if (!p.recurrent_cut)  // dg_t is out
-      multi::release_flag(group_flags + blockIdx.x, unsigned(steps - t + 1), producer ? kThreads : 0);
+      multi::release_flag(group_flags + blockIdx.x, unsigned(steps - t + 1), consumers);
   }
 
   // dL/ds_0 = what reaches the initial states: carried paths + the gradient on states[:, 0].
@@ -283,7 +280,7 @@ multi::Plan multi_backward_plan(const BackwardParams& p, const DeviceLimits& dev
   plan.alongside = sizeof(T) == 2 && !p.recurrent_cut && p.steps > 0 && plan.smem >= alongside::kSmemBytes;
   // A producer warp where buffers are refilled within a step and every CTA has an SM of its own.
   plan.producer = ring && plan.slots < plan.chunks && !p.recurrent_cut && plan.ctas <= device.sm_count &&
-                  multi::producer_enabled();
+                  !multi::turned_off("FLASHRNN_PRODUCER");
   if (plan.producer) {
     const multi::Plan launched = multi::launch_plan(multi_backward_kernel<Cell, T, true>, plan, device, "multi_backward_kernel");
     if (launched.cluster > 1) return launched;  // else per-CTA copies: every warp copies its rows

@@ -21,7 +21,7 @@ namespace flashrnn::multi {
 constexpr int kUnits = 8;      // hidden units per CTA: the N of one m16n8 product per gate
 constexpr int kWarps = 8;
 constexpr int kThreads = kWarps * 32;
-constexpr int kMaxCtasPerSm = 2;        // __launch_bounds__(kThreads, 2): <= 128 registers (+ a producer warp: 112)
+constexpr int kMaxCtasPerSm = 2;        // __launch_bounds__(kThreads, 2): <= 128 registers
 constexpr int kOperandBudget = 100 * 1024;  // bytes for the staged operand rows (more where R fits beside)
 constexpr int kMaxSlots = 3;            // backward stage buffers (the ring's size, stage_chunks)
 constexpr int kFragBytes = 32 * 8;      // one B fragment (8 bytes per lane) of one n-tile
@@ -49,7 +49,7 @@ struct Plan {
                              // (multicast bulk copies, cooperative.cuh); 1: each CTA copies all
   bool alongside = false;    // backward: asks the launch for CTAs that compute dR and db alongside
   int dr_columns = 0;        // those CTAs, as grid columns beyond the slices (launch_plan sets it)
-  bool producer = false;     // backward: a ninth warp stages the chunks refilled within a step
+  bool producer = false;     // backward: a ninth warp stages the chunks (one CTA per SM, multi_backward.cuh)
 
   constexpr int rows() const { return 16 * mt; }
   constexpr int threads() const { return kThreads + (producer ? 32 : 0); }

@@ -16,6 +16,7 @@ import os
 import pytest
 import torch
 
+import flashrnn
 from flashrnn import _core, _ops
 from flashrnn._cells import CELLS
 
@@ -84,7 +85,9 @@ def test_multi_cta_variant_that_runs(monkeypatch):
     monkeypatch.delenv("FLASHRNN_MULTI_L2")
     inputs, _, _, weights = float64_reference("lstm", 16, 8, 1, 768, torch.bfloat16, "random", 3)
     names = cuda_kernel_names(lambda: run_with_grads("lstm", "cuda_fused", inputs, weights))
-    assert "cluster_" not in names and "multi_forward_kernel" in names, names  # 24 CTAs: more than a cluster
+    # 24 CTAs of 32 units: more than a cluster; the forward runs 16 of 48 (cluster_wide_forward.cuh)
+    assert ("cluster_wide_forward_kernel" in names) == clusters and "multi_backward_kernel" in names, names
+    assert ("multi_forward_kernel" in names) != clusters and "cluster_backward" not in names, names
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
@@ -111,6 +114,33 @@ def test_multi_cta_l2_staging_modes_match_float64(case, function, multicast, mon
     B, T, N, D, dtype = case
     assert_multi(function, DTYPES[dtype], B, N, D)
     check_against_reference(function, "cuda_fused", DTYPES[dtype], B, T, N, D)
+
+
+# The wide cluster forward (sm_90, 16-bit): 48 units per CTA, R partly in registers. 768 x 1 with a
+# partial second batch group; 576 x 2 (12 CTAs, two heads); 528 (11 CTAs, an odd k-step count:
+# the k-groups take 17 and 16); T = 1. Against float64, and bitwise against itself.
+WIDE_CASES = [(19, 33, 1, 768), (5, 9, 2, 576), (3, 1, 1, 528), (1, 20, 1, 768)]
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("function", list(CELLS))
+@pytest.mark.parametrize("shape", WIDE_CASES, ids=lambda s: "B{}-T{}-N{}-D{}".format(*s))
+def test_multi_cta_cluster_wide_forward_matches_float64(shape, function, dtype):
+    B, T, N, D = shape
+    dt = DTYPES[dtype]
+    assert_multi(function, dt, B, N, D)
+    if torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("clusters need sm_90")
+    inputs, _, _, weights = float64_reference(function, B, T, N, D, dt, "random", 13)
+    names = cuda_kernel_names(lambda: run_with_grads(function, "cuda_fused", inputs, weights))
+    assert "cluster_wide_forward_kernel" in names and "multi_forward_kernel" not in names, names
+    check_against_reference(function, "cuda_fused", dt, B, T, N, D)
+    first = run_with_grads(function, "cuda_fused", inputs, weights)
+    again = run_with_grads(function, "cuda_fused", inputs, weights)
+    assert torch.equal(first[0], again[0]), "states differ between two runs"
+    with torch.no_grad():  # inference: nothing saved for a backward, the same states
+        states, _ = flashrnn.flashrnn(*inputs, config=flashrnn.FlashRNNConfig(function=function, backend="cuda_fused"))
+    assert torch.equal(states, first[0])
 
 
 def backward_launch(function, dtype, B, T, N, D):

@@ -53,7 +53,7 @@ bool launch_clusters(void (*kernel)(Params...), const Plan& plan, const DeviceLi
   }
   cudaLaunchConfig_t config = {};
   config.gridDim = dim3(unsigned(plan.size), unsigned(plan.groups), unsigned(plan.heads));
-  config.blockDim = dim3(kThreads);
+  config.blockDim = dim3(unsigned(plan.threads));
   config.dynamicSmemBytes = size_t(plan.smem);
   config.stream = stream;
   cudaLaunchAttribute attr;

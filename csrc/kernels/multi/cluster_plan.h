@@ -40,6 +40,7 @@ struct Plan {
   int red_offset = 0;
   int r_offset = 0;
   int smem = 0;
+  int threads = kThreads;
 };
 
 // Fills `plan` for a forward (backward = false) or backward pass; nullptr, or why the shape does
@@ -65,6 +66,56 @@ constexpr const char* make_plan(Plan& p, bool backward, int gates_r, int esize, 
   p.r_offset = p.red_offset + 2 * (backward ? kKGroups : kForwardKGroups) * kRows * p.red_stride * 4;  // two buffers
   p.smem = p.r_offset + ksteps * tiles * kFragBytes;
   if (p.smem > smem_per_block - fused::kSmemReserve) return "R's slice does not fit one CTA's shared memory";
+  return nullptr;
+}
+
+// The wide forward (cluster_wide_forward.cuh) for heads whose 32-unit slices need more than 16
+// CTAs (768 x 1: 24): 48 units per CTA, 12 warps = (k-group, 8-unit tile), and R's slice partly in
+// registers. Each warp multiplies one 8-unit tile of every gate at half of the k-steps; the first
+// wide_register_ksteps(gates) of its k-steps are held in registers, the rest in shared memory.
+constexpr int kWideUnits = 48;
+constexpr int kWideTiles = kWideUnits / 8;
+constexpr int kWideKGroups = 2;
+constexpr int kWideWarps = kWideKGroups * kWideTiles;
+constexpr int kWideThreads = kWideWarps * 32;  // = kRows * kWideUnits / 2: one per (row, unit pair)
+constexpr int kWideMaxDim = kMaxSize * kWideUnits;  // 768
+constexpr int kSmemOptIn = 232448;  // sm_90's per-block opt-in limit (227 KB), for the count below
+static_assert(kWideThreads == kRows * kWideUnits / 2);
+
+constexpr int wide_red_stride(int gates_r) { return fused::round_up_c(gates_r * kWideUnits, 32) + 8; }
+// Bytes of shared memory before R's fragments: two h buffers of 16 rows, one buffer of the two
+// k-groups' partial sums (one suffices: a warp writes it for step t + 1 only after h_t has arrived
+// from every CTA, this one included, whose threads send h_t after reading their sums of step t).
+constexpr int wide_head_bytes(int gates_r, long long head_dim) {
+  return 2 * kRows * fused::row_bytes(int(head_dim), 2) + kWideKGroups * kRows * wide_red_stride(gates_r) * 4;
+}
+// k-steps of R per warp in registers: what a 768-wide head's slice leaves beyond sm_90's shared
+// memory (LSTM / sLSTM 12 of 24: 96 registers; GRU 7; Elman 0).
+constexpr int wide_register_ksteps(int gates_r) {
+  const int per_warp = kWideMaxDim / 16 / kWideKGroups * gates_r;  // B fragments per warp at 768
+  const int room = (kSmemOptIn - fused::kSmemReserve - wide_head_bytes(gates_r, kWideMaxDim)) / (kWideWarps * kFragBytes);
+  return per_warp > room ? (per_warp - room + gates_r - 1) / gates_r : 0;
+}
+
+constexpr const char* make_wide_plan(Plan& p, int gates_r, int esize, long long batch, long long heads,
+                                     long long head_dim, int smem_per_block) {
+  if (esize != 2) return "the wide forward takes 16-bit types";
+  if (head_dim % kWideUnits != 0 || head_dim / kWideUnits < 2 || head_dim > kWideMaxDim)
+    return "the head is not 2 to 16 CTAs of 48 units";
+  if (batch < 1 || heads < 1) return "there is no batch row or no head to run";
+  const long long groups = (batch + kRows - 1) / kRows;
+  if (groups > 65535 || heads > 65535) return "too many heads or batch groups for one grid";
+  p.size = int(head_dim / kWideUnits);
+  p.groups = int(groups);
+  p.heads = int(heads);
+  p.threads = kWideThreads;
+  p.a_row = fused::row_bytes(int(head_dim), esize);
+  p.red_stride = wide_red_stride(gates_r);
+  p.red_offset = 2 * kRows * p.a_row;
+  p.r_offset = wide_head_bytes(gates_r, head_dim);
+  const int half = int(head_dim / 16 + 1) / kWideKGroups, in_smem = half - wide_register_ksteps(gates_r);
+  p.smem = p.r_offset + kWideWarps * (in_smem > 0 ? in_smem : 0) * gates_r * kFragBytes;
+  if (p.smem > smem_per_block - fused::kSmemReserve) return "R's slice does not fit shared memory and registers";
   return nullptr;
 }
 

@@ -26,6 +26,7 @@
 #include "../common/device.cuh"
 #include "cluster_forward.cuh"
 #include "cluster_launch.h"
+#include "cluster_wide_forward.cuh"
 #include "cooperative.cuh"
 #include "pointwise.cuh"
 
@@ -171,7 +172,8 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
 }
 
 // The cluster variant where it runs (sm_90, the head in at most 16 CTAs of 32 units, R's slice in
-// shared memory), else the L2 variant.
+// shared memory), else its wide form (16-bit, at most 16 CTAs of 48 units, R partly in registers),
+// else the L2 variant.
 template <class Cell, class T>
 void launch_multi_forward(const ForwardParams& p, const DeviceLimits& device, cudaStream_t stream) {
   cluster::Plan cplan;
@@ -180,6 +182,13 @@ void launch_multi_forward(const ForwardParams& p, const DeviceLimits& device, cu
       cluster::launch_clusters(cluster_forward_kernel<Cell, T>, cplan, device, stream, "cluster_forward_kernel", p,
                                cplan))
     return;
+  if constexpr (sizeof(T) == 2) {
+    if (cluster::make_wide_plan(cplan, Cell::kGatesR, sizeof(T), p.batch, p.heads, p.head_dim,
+                                device.smem_per_block) == nullptr &&
+        cluster::launch_clusters(cluster_wide_forward_kernel<Cell, T>, cplan, device, stream,
+                                 "cluster_wide_forward_kernel", p, cplan))
+      return;
+  }
   multi::Plan plan;
   const char* why = multi::make_plan(plan, false, Cell::kGatesR, sizeof(T), p.batch, p.heads, p.head_dim,
                                      device.smem_per_block, device.smem_per_sm, device.sm_count);

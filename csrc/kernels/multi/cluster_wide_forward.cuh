@@ -1,0 +1,163 @@
+// Wide cluster forward (cluster_plan.h make_wide_plan, sm_90, 16-bit types): CTA (slice, batch
+// group, head) owns 48 units of the head for 16 batch rows and runs all T steps; the CTAs of a
+// cluster are the slices of one (head, batch group), so a 768-wide head runs in one cluster of 16
+// and its h_t never leaves the cluster (the L2 variant's flag round trip cost ~1.8 us per step).
+//
+// R's slice of a 768-wide LSTM head is 288 KB per CTA, more than shared memory: each warp keeps
+// the first kRegKsteps of its k-steps' B fragments in registers and reads the rest from shared
+// memory. Warp (k-group kg, tile j) multiplies h_{t-1} at k-steps [kg * half, (kg + 1) * half) by
+// the 8 units u0 + 8 j .. + 8 of every gate (m16n8k16); both k-groups' partial sums meet in shared
+// memory (one CTA barrier); thread (row, unit pair) runs the cell and st.asyncs its h_t word into
+// hs (parity t % 2) of every CTA of the cluster, as in cluster_forward.cuh, whose reuse argument
+// holds here too (and covers the single partial-sum buffer: cluster_plan.h wide_head_bytes).
+#pragma once
+
+#include "../../common/check.h"
+#include "../../common/params.h"
+#include "../cells/all_cells.cuh"
+#include "../common/device.cuh"
+#include "cluster_plan.h"
+#include "pointwise.cuh"
+
+namespace flashrnn {
+
+template <class Cell, class T>
+__global__ void __launch_bounds__(cluster::kWideThreads, 1)
+    cluster_wide_forward_kernel(const ForwardParams p, const cluster::Plan plan) {
+  static_assert(cells::Cell<Cell>, "see cells/elman.cuh for what a cell must define");
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+  __trap();  // clusters need sm_90; the launcher never picks this kernel below it
+#else
+  static_assert(sizeof(T) == 2, "the wide plan takes 16-bit types");
+  {
+    using M = Mma<T>;
+    using Math = MathFor<T>;
+    constexpr int kGr = Cell::kGatesR, kU = cluster::kWideUnits, kRows = cluster::kRows;
+    constexpr int kRegKsteps = cluster::wide_register_ksteps(kGr);
+
+    extern __shared__ __align__(128) unsigned char smem[];
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, q = lane % 4;
+    const int64_t B = p.batch, steps = p.steps, N = p.heads, D = p.head_dim;
+    const int64_t u0 = int64_t(blockIdx.x) * kU, b0 = int64_t(blockIdx.y) * kRows, n = blockIdx.z;
+    const int valid_rows = int(B - b0 < kRows ? B - b0 : kRows);
+    const int parity_bytes = kRows * plan.a_row;
+    const T* r = static_cast<const T*>(p.r);
+
+    // This warp's k-steps [k0, k0 + count) and 8-unit tile j; B fragments of tile j of gate k at
+    // k-step ks: element (kk, i) = R[k, n, u0 + 8 j + i, 16 ks + kk].
+    const int kg = warp / cluster::kWideTiles, j = warp % cluster::kWideTiles;
+    const int half = int(D / M::kK + 1) / cluster::kWideKGroups, k0 = kg * half;
+    const int count = int(D / M::kK) - k0 < half ? int(D / M::kK) - k0 : half;
+    auto load_fragment = [&](int ks, int k, uint32_t (&f)[2]) {
+      M::load_b(f, r + ((k * N + n) * D + u0 + 8 * j) * D + int64_t(ks) * M::kK, D);
+    };
+    uint32_t rreg[kRegKsteps > 0 ? kRegKsteps : 1][kGr][2];  // k-steps k0 .. k0 + kRegKsteps - 1
+#pragma unroll
+    for (int i = 0; i < kRegKsteps; ++i)
+#pragma unroll
+      for (int k = 0; k < kGr; ++k) {
+        rreg[i][k][0] = rreg[i][k][1] = 0u;
+        if (i < count) load_fragment(k0 + i, k, rreg[i][k]);
+      }
+    // The other k-steps in shared memory: [warp][k-step - kRegKsteps][gate][lane].
+    const int in_smem = half - kRegKsteps > 0 ? half - kRegKsteps : 0;
+    uint2* rs = reinterpret_cast<uint2*>(smem + plan.r_offset) + warp * in_smem * kGr * 32;
+    for (int i = kRegKsteps; i < count; ++i)
+#pragma unroll
+      for (int k = 0; k < kGr; ++k) {
+        uint32_t f[2];
+        load_fragment(k0 + i, k, f);
+        rs[((i - kRegKsteps) * kGr + k) * 32 + lane] = make_uint2(f[0], f[1]);
+      }
+
+    unsigned char* hs = smem;  // [parity][row][a_row bytes]
+    float* const red = reinterpret_cast<float*>(smem + plan.red_offset);  // [k-group][row][gate * 48 + unit]
+    __shared__ uint64_t arrived[2];  // per hs parity: h of every unit and valid row is in
+    // The peers' shared-memory windows (mapa once, kept here rather than in 16 registers per thread).
+    __shared__ uint32_t peer_base[cluster::kMaxSize];
+    if (tid < plan.size) peer_base[tid] = peer_smem(smem_addr(smem), uint32_t(tid));
+    start_cluster_exchange(hs, 2 * parity_bytes, arrived);  // (its cluster barrier also orders peer_base)
+
+    // Pointwise threads: (row, unit pair) = (tid / 24, tid % 24), units u0 + 2 * pair and + 1.
+    const int prow = tid / (kU / 2), pair = tid % (kU / 2);
+    const int64_t pb = b0 + prow, unit = u0 + 2 * pair;
+    const bool pw = prow < valid_rows;
+    const uint32_t h_slot = uint32_t(prow * plan.a_row + unit * int64_t(sizeof(T)));  // offset in the window
+    const uint32_t bar_offset = smem_addr(&arrived[0]) - smem_addr(smem);
+    multi::ForwardPair<Cell, T> cell(p, pb, n, unit, pw);
+    auto publish = [&](int64_t t) {
+      uint32_t w[multi::kWordsPerPair<T>];
+      cell.h_words(w);
+      const uint32_t at = h_slot + uint32_t(t & 1) * parity_bytes, bar = bar_offset + uint32_t(t & 1) * 8;
+#pragma unroll
+      for (int rank = 0; rank < cluster::kMaxSize; ++rank) {
+        if (rank >= plan.size) break;
+        const uint32_t base = peer_base[rank];
+        st_async_words(base + at, base + bar, w);
+      }
+    };
+    const unsigned step_bytes = unsigned(valid_rows * D * int64_t(sizeof(T)));
+    if (pw && steps > 0) {
+      publish(0);
+      cell.load_wx(0);
+    }
+
+    const uint32_t a_src = smem_addr(hs + (lane & 15) * plan.a_row) + (lane >> 4) * 16 + k0 * 32;
+    const float clip = p.forward_clip_value;
+    for (int64_t t = 1; t <= steps; ++t) {
+      const int par = int((t - 1) & 1);
+      if (tid == 0) mbar_arm(&arrived[par], step_bytes);
+      mbar_wait(&arrived[par], unsigned((t - 1) >> 1) & 1u, cluster::kMaxPolls);  // h_{t-1} is here
+      const uint32_t a_par = a_src + uint32_t(par) * parity_bytes;
+      float acc[kGr][4] = {};
+#pragma unroll
+      for (int i = 0; i < kRegKsteps; ++i) {
+        if (i >= count) break;
+        uint32_t a[4];
+        ldmatrix_x4(a, a_par + i * 32);
+#pragma unroll
+        for (int k = 0; k < kGr; ++k) M::mma(acc[k], a, rreg[i][k], false);
+      }
+      for (int i = kRegKsteps; i < count; ++i) {
+        uint32_t a[4];
+        ldmatrix_x4(a, a_par + i * 32);
+#pragma unroll
+        for (int k = 0; k < kGr; ++k) {
+          const uint2 v = rs[((i - kRegKsteps) * kGr + k) * 32 + lane];
+          const uint32_t f[2] = {v.x, v.y};
+          M::mma(acc[k], a, f, false);
+        }
+      }
+#pragma unroll
+      for (int k = 0; k < kGr; ++k)
+#pragma unroll
+        for (int h = 0; h < 2; ++h)  // rows g and g + 8
+          *reinterpret_cast<float2*>(red + (kg * kRows + g + 8 * h) * plan.red_stride + k * kU + 8 * j + 2 * q) =
+              make_float2(acc[k][2 * h], acc[k][2 * h + 1]);
+      __syncthreads();  // partial sums complete
+
+      if (pw) {
+        float2 rh_pair[kGr];  // R h_{t-1} at this thread's two units, summed over the k-groups
+#pragma unroll
+        for (int k = 0; k < kGr; ++k) rh_pair[k] = make_float2(0.f, 0.f);
+#pragma unroll
+        for (int s = 0; s < cluster::kWideKGroups; ++s)
+#pragma unroll
+          for (int k = 0; k < kGr; ++k) {
+            const float2 v = *reinterpret_cast<const float2*>(red + (s * kRows + prow) * plan.red_stride + k * kU + 2 * pair);
+            rh_pair[k].x += v.x;
+            rh_pair[k].y += v.y;
+          }
+        cell.template step<Math>(rh_pair, p.forward_clip, clip);
+        if (t < steps) {
+          publish(t);
+          cell.load_wx(t);
+        }
+        cell.store();
+      }
+    }
+  }
+#endif
+}
+
+}  // namespace flashrnn

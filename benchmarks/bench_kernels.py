@@ -110,9 +110,10 @@ def main():
     ours("lstm cuda_fused", "lstm", "cuda_fused", 64, 1, 768, "fp16")
     for function in ("gru", "slstm"):
         ours(f"{function} cuda_fused", function, "cuda_fused", B, 3, 256, "bf16")
-    # 256 x 3 runs in clusters (distributed shared memory) on sm_90; the L2 variant for comparison
+    # 256 x 3 and 768 x 1 run in clusters (distributed shared memory) on sm_90; the L2 variant for comparison
     os.environ["FLASHRNN_MULTI_L2"] = "1"
     ours("lstm cuda_fused (L2 variant)", "lstm", "cuda_fused", B, 3, 256, "bf16")
+    ours("lstm cuda_fused (L2 variant)", "lstm", "cuda_fused", B, 1, 768, "bf16")
     del os.environ["FLASHRNN_MULTI_L2"]
     for D, N in [(64, 12), (768, 1)]:
         ours("lstm cuda (alternating)", "lstm", "cuda", B, N, D, "bf16")

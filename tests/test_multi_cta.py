@@ -85,9 +85,10 @@ def test_multi_cta_variant_that_runs(monkeypatch):
     monkeypatch.delenv("FLASHRNN_MULTI_L2")
     inputs, _, _, weights = float64_reference("lstm", 16, 8, 1, 768, torch.bfloat16, "random", 3)
     names = cuda_kernel_names(lambda: run_with_grads("lstm", "cuda_fused", inputs, weights))
-    # 24 CTAs of 32 units: more than a cluster; the forward runs 16 of 48 (cluster_wide_forward.cuh)
-    assert ("cluster_wide_forward_kernel" in names) == clusters and "multi_backward_kernel" in names, names
-    assert ("multi_forward_kernel" in names) != clusters and "cluster_backward" not in names, names
+    # 24 CTAs of 32 units: more than a cluster; the wide kernels run 16 of 48 (cluster_wide_*.cuh)
+    for kernel in ("forward", "backward"):
+        assert (f"cluster_wide_{kernel}_kernel" in names) == clusters, names
+        assert (f"multi_{kernel}_kernel" in names) != clusters, names
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
@@ -116,16 +117,16 @@ def test_multi_cta_l2_staging_modes_match_float64(case, function, multicast, mon
     check_against_reference(function, "cuda_fused", DTYPES[dtype], B, T, N, D)
 
 
-# The wide cluster forward (sm_90, 16-bit): 48 units per CTA, R partly in registers. 768 x 1 with a
-# partial second batch group; 576 x 2 (12 CTAs, two heads); 528 (11 CTAs, an odd k-step count:
-# the k-groups take 17 and 16); T = 1. Against float64, and bitwise against itself.
+# The wide cluster kernels (sm_90, 16-bit): 48 units per CTA, R partly in registers. 768 x 1 with a
+# partial second batch group; 576 x 2 (12 CTAs, two heads); 528 (11 CTAs, an odd k-step count
+# forward: the k-groups take 17 and 16); T = 1. Against float64, and bitwise against themselves.
 WIDE_CASES = [(19, 33, 1, 768), (5, 9, 2, 576), (3, 1, 1, 528), (1, 20, 1, 768)]
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 @pytest.mark.parametrize("function", list(CELLS))
 @pytest.mark.parametrize("shape", WIDE_CASES, ids=lambda s: "B{}-T{}-N{}-D{}".format(*s))
-def test_multi_cta_cluster_wide_forward_matches_float64(shape, function, dtype):
+def test_multi_cta_cluster_wide_kernels_match_float64(shape, function, dtype):
     B, T, N, D = shape
     dt = DTYPES[dtype]
     assert_multi(function, dt, B, N, D)
@@ -133,11 +134,13 @@ def test_multi_cta_cluster_wide_forward_matches_float64(shape, function, dtype):
         pytest.skip("clusters need sm_90")
     inputs, _, _, weights = float64_reference(function, B, T, N, D, dt, "random", 13)
     names = cuda_kernel_names(lambda: run_with_grads(function, "cuda_fused", inputs, weights))
-    assert "cluster_wide_forward_kernel" in names and "multi_forward_kernel" not in names, names
+    assert "cluster_wide_forward_kernel" in names and "cluster_wide_backward_kernel" in names, names
+    assert "multi_forward_kernel" not in names and "multi_backward_kernel" not in names, names
     check_against_reference(function, "cuda_fused", dt, B, T, N, D)
     first = run_with_grads(function, "cuda_fused", inputs, weights)
     again = run_with_grads(function, "cuda_fused", inputs, weights)
-    assert torch.equal(first[0], again[0]), "states differ between two runs"
+    for a, b in zip([first[0], *first[2]], [again[0], *again[2]]):
+        assert (a is None and b is None) or torch.equal(a, b), "results differ between two runs"
     with torch.no_grad():  # inference: nothing saved for a backward, the same states
         states, _ = flashrnn.flashrnn(*inputs, config=flashrnn.FlashRNNConfig(function=function, backend="cuda_fused"))
     assert torch.equal(states, first[0])
@@ -161,6 +164,7 @@ ALONGSIDE_CASES = [(16, 130, 1, 768), (5, 450, 2, 512), (64, 40, 1, 768)]
 @pytest.mark.parametrize("function", list(CELLS))
 @pytest.mark.parametrize("shape", ALONGSIDE_CASES, ids=lambda s: "B{}-T{}-N{}-D{}".format(*s))
 def test_multi_cta_weight_grads_alongside_match_float64(shape, function, dtype, monkeypatch):
+    monkeypatch.setenv("FLASHRNN_MULTI_L2", "1")  # (768 runs the wide cluster kernels on sm_90)
     B, T, N, D = shape
     dt = DTYPES[dtype]
     assert_multi(function, dt, B, N, D)
@@ -199,6 +203,7 @@ def test_multi_cta_alongside_ctas_where_they_run():
 # recurrence's outputs (dR and db also depend on where they are computed: CTAs alongside or after).
 @pytest.mark.parametrize("function, B", [("lstm", 64), ("lstm", 19), ("slstm", 64), ("slstm", 19), ("gru", 40)])
 def test_multi_cta_producer_warp_matches_float64_and_the_warps_without_it(function, B, monkeypatch):
+    monkeypatch.setenv("FLASHRNN_MULTI_L2", "1")  # (768 runs the wide cluster kernels on sm_90)
     T, N, D, dt = 9, 1, 768, torch.bfloat16
     assert_multi(function, dt, B, N, D)
     if not backward_launch(function, dt, B, T, N, D)["producer"]:

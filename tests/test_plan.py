@@ -211,35 +211,39 @@ def test_cluster_plan_refusals_say_why():
     assert "does not fit" in cluster_plan(True, "lstm", "bfloat16", 16, 1, 256, "RTX A6000 (sm_86)")["why"]
 
 
-def cluster_wide_plan(function, dtype, B, N, D, device="H100 SXM (sm_90)"):
-    return _core._C.cluster_wide_plan(CELLS[function].gates_r, ESIZE[dtype], B, N, D, DEVICES[device][0])
+def cluster_wide_plan(backward, function, dtype, B, N, D, device="H100 SXM (sm_90)"):
+    return _core._C.cluster_wide_plan(backward, CELLS[function].gates_r, ESIZE[dtype], B, N, D, DEVICES[device][0])
 
 
 def test_every_accepted_cluster_wide_plan_fits_and_covers_the_problem():
     # cluster_plan.h make_wide_plan (the sm_90 forward for heads beyond 16 CTAs of 32 units): 48
-    # units per CTA in 12 warps = 2 k-groups x 6 tiles, 16 rows; shared memory = two h buffers, one
-    # buffer of both k-groups' partial sums, then the k-steps of R each warp does not hold in registers.
+    # units per CTA in 12 warps = 2 k-groups x 6 tiles, 16 rows; shared memory = the exchanged rows
+    # (forward: two h buffers; backward: one dg stage), one buffer of both k-groups' partial sums,
+    # then the k-steps of R (forward: a fragment per gate; backward: K = gates x D, one fragment)
+    # each warp does not hold in registers.
     smem_block = DEVICES["H100 SXM (sm_90)"][0]
     accepted = set()
-    for function, dtype, B, N, D in itertools.product(CELLS, ESIZE, (1, 16, 17, 64), (1, 3), range(16, 1025, 16)):
-        p = cluster_wide_plan(function, dtype, B, N, D)
+    for function, dtype, backward, B, N, D in itertools.product(
+            CELLS, ESIZE, (False, True), (1, 16, 17, 64), (1, 3), range(16, 1025, 16)):
+        p = cluster_wide_plan(backward, function, dtype, B, N, D)
         if "why" in p:
             continue
-        where = (function, dtype, B, N, D)
+        where = (function, dtype, backward, B, N, D)
         gates_r = CELLS[function].gates_r
+        width, tiles = (gates_r * D, 1) if backward else (D, gates_r)
         assert dtype != "float32" and D % 48 == 0 and p["size"] * 48 == D and 2 <= p["size"] <= 16, where
         assert p["groups"] * 16 >= B > (p["groups"] - 1) * 16 and p["heads"] == N and p["threads"] == 12 * 32, where
-        assert p["a_row"] >= D * 2 and p["red_offset"] == 2 * 16 * p["a_row"], where
-        assert p["red_stride"] % 32 == 8 and p["red_stride"] >= gates_r * 48, where
+        assert p["a_row"] >= width * 2 and p["red_offset"] == (1 if backward else 2) * 16 * p["a_row"], where
+        assert p["red_stride"] % 32 == 8 and p["red_stride"] >= tiles * 48, where
         assert p["r_offset"] == p["red_offset"] + 2 * 16 * p["red_stride"] * 4, where
-        half = (D // 16 + 1) // 2  # k-steps of a k-group; registers hold the first register_ksteps of them
+        half = (width // 16 + 1) // 2  # k-steps of a k-group; registers hold the first register_ksteps of them
         in_smem = max(half - p["register_ksteps"], 0)
-        assert p["smem"] == p["r_offset"] + 12 * in_smem * gates_r * 256 <= smem_block - RESERVE, where
-        assert p["register_ksteps"] * gates_r * 2 <= 96, where  # 32-bit registers of R per thread
-        accepted.add((function, D))
+        assert p["smem"] == p["r_offset"] + 12 * in_smem * tiles * 256 <= smem_block - RESERVE, where
+        assert p["register_ksteps"] * tiles * 2 <= 114, where  # 32-bit registers of R per thread
+        accepted.add((function, backward, D))
     # issue 4's 768 x 1 row runs in one cluster of 16 for every cell in 16-bit types
-    for function in CELLS:
-        assert (function, 768) in accepted and (function, 576) in accepted, function
-    assert "16-bit" in cluster_wide_plan("lstm", "float32", 16, 1, 768)["why"]
-    assert "48 units" in cluster_wide_plan("lstm", "bfloat16", 16, 1, 1024)["why"]
-    assert "48 units" in cluster_wide_plan("lstm", "bfloat16", 16, 1, 512)["why"]
+    for function, backward in itertools.product(CELLS, (False, True)):
+        assert (function, backward, 768) in accepted and (function, backward, 576) in accepted, function
+    assert "16-bit" in cluster_wide_plan(False, "lstm", "float32", 16, 1, 768)["why"]
+    assert "48 units" in cluster_wide_plan(True, "lstm", "bfloat16", 16, 1, 1024)["why"]
+    assert "48 units" in cluster_wide_plan(False, "lstm", "bfloat16", 16, 1, 512)["why"]

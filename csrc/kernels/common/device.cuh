@@ -306,6 +306,22 @@ __device__ __forceinline__ void cluster_sync() {
   __trap();
 #endif
 }
+// The two halves of cluster_sync(), for work in between: every thread arrives once done with what
+// the peers may overwrite after the wait (release), and waits before it writes into peers (acquire).
+__device__ __forceinline__ void cluster_arrive() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
+#else
+  __trap();
+#endif
+}
+__device__ __forceinline__ void cluster_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
+#else
+  __trap();
+#endif
+}
 // The address of the same shared-memory location in the cluster's CTA `rank`.
 __device__ __forceinline__ uint32_t peer_smem(uint32_t local, uint32_t rank) {
   uint32_t remote = 0;

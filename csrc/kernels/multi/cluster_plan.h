@@ -69,10 +69,11 @@ constexpr const char* make_plan(Plan& p, bool backward, int gates_r, int esize, 
   return nullptr;
 }
 
-// The wide forward (cluster_wide_forward.cuh) for heads whose 32-unit slices need more than 16
-// CTAs (768 x 1: 24): 48 units per CTA, 12 warps = (k-group, 8-unit tile), and R's slice partly in
-// registers. Each warp multiplies one 8-unit tile of every gate at half of the k-steps; the first
-// wide_register_ksteps(gates) of its k-steps are held in registers, the rest in shared memory.
+// The wide kernels (cluster_wide_forward.cuh, cluster_wide_backward.cuh) for heads whose 32-unit
+// slices need more than 16 CTAs (768 x 1: 24): 48 units per CTA, 12 warps = (k-group, 8-unit
+// tile), and R's slice partly in registers. Each warp multiplies at half of the k-steps (forward:
+// one 8-unit tile of every gate; backward: one 8-unit tile of R^T, K = gates x D); the first
+// wide_register_ksteps() of its k-steps are held in registers, the rest in shared memory.
 constexpr int kWideUnits = 48;
 constexpr int kWideTiles = kWideUnits / 8;
 constexpr int kWideKGroups = 2;
@@ -82,24 +83,31 @@ constexpr int kWideMaxDim = kMaxSize * kWideUnits;  // 768
 constexpr int kSmemOptIn = 232448;  // sm_90's per-block opt-in limit (227 KB), for the count below
 static_assert(kWideThreads == kRows * kWideUnits / 2);
 
-constexpr int wide_red_stride(int gates_r) { return fused::round_up_c(gates_r * kWideUnits, 32) + 8; }
-// Bytes of shared memory before R's fragments: two h buffers of 16 rows, one buffer of the two
-// k-groups' partial sums (one suffices: a warp writes it for step t + 1 only after h_t has arrived
-// from every CTA, this one included, whose threads send h_t after reading their sums of step t).
-constexpr int wide_head_bytes(int gates_r, long long head_dim) {
-  return 2 * kRows * fused::row_bytes(int(head_dim), 2) + kWideKGroups * kRows * wide_red_stride(gates_r) * 4;
+constexpr int wide_red_stride(int columns) { return fused::round_up_c(columns, 32) + 8; }
+constexpr int wide_tiles(bool backward, int gates_r) { return backward ? 1 : gates_r; }  // B fragments per k-step
+// Bytes of shared memory before R's fragments: the exchanged rows (forward: two h buffers of 16
+// rows; backward: one dg stage, reused behind a cluster barrier), one buffer of the two k-groups'
+// partial sums (one suffices: a warp writes it for the next step only after that step's rows have
+// arrived from every CTA, this one included, whose threads send them after reading their sums).
+constexpr int wide_head_bytes(bool backward, int gates_r, long long head_dim) {
+  const int width = int((backward ? gates_r : 1) * head_dim);
+  return (backward ? 1 : 2) * kRows * fused::row_bytes(width, 2) +
+         kWideKGroups * kRows * wide_red_stride(wide_tiles(backward, gates_r) * kWideUnits) * 4;
 }
 // k-steps of R per warp in registers: what a 768-wide head's slice leaves beyond sm_90's shared
-// memory (LSTM / sLSTM 12 of 24: 96 registers; GRU 7; Elman 0).
-constexpr int wide_register_ksteps(int gates_r) {
-  const int per_warp = kWideMaxDim / 16 / kWideKGroups * gates_r;  // B fragments per warp at 768
-  const int room = (kSmemOptIn - fused::kSmemReserve - wide_head_bytes(gates_r, kWideMaxDim)) / (kWideWarps * kFragBytes);
-  return per_warp > room ? (per_warp - room + gates_r - 1) / gates_r : 0;
+// memory (forward LSTM / sLSTM 12 of 24 k-steps of 4 fragments: 96 registers, GRU 7, Elman 0;
+// backward LSTM / sLSTM 57 of 96 one-fragment k-steps, GRU 24, Elman 0).
+constexpr int wide_register_ksteps(bool backward, int gates_r) {
+  const int tiles = wide_tiles(backward, gates_r);
+  const int per_warp = (backward ? gates_r : 1) * kWideMaxDim / 16 / kWideKGroups * tiles;  // fragments at 768
+  const int room = (kSmemOptIn - fused::kSmemReserve - 256 - wide_head_bytes(backward, gates_r, kWideMaxDim)) /
+                   (kWideWarps * kFragBytes);
+  return per_warp > room ? (per_warp - room + tiles - 1) / tiles : 0;
 }
 
-constexpr const char* make_wide_plan(Plan& p, int gates_r, int esize, long long batch, long long heads,
+constexpr const char* make_wide_plan(Plan& p, bool backward, int gates_r, int esize, long long batch, long long heads,
                                      long long head_dim, int smem_per_block) {
-  if (esize != 2) return "the wide forward takes 16-bit types";
+  if (esize != 2) return "the wide kernels take 16-bit types";
   if (head_dim % kWideUnits != 0 || head_dim / kWideUnits < 2 || head_dim > kWideMaxDim)
     return "the head is not 2 to 16 CTAs of 48 units";
   if (batch < 1 || heads < 1) return "there is no batch row or no head to run";
@@ -109,12 +117,14 @@ constexpr const char* make_wide_plan(Plan& p, int gates_r, int esize, long long 
   p.groups = int(groups);
   p.heads = int(heads);
   p.threads = kWideThreads;
-  p.a_row = fused::row_bytes(int(head_dim), esize);
-  p.red_stride = wide_red_stride(gates_r);
-  p.red_offset = 2 * kRows * p.a_row;
-  p.r_offset = wide_head_bytes(gates_r, head_dim);
-  const int half = int(head_dim / 16 + 1) / kWideKGroups, in_smem = half - wide_register_ksteps(gates_r);
-  p.smem = p.r_offset + kWideWarps * (in_smem > 0 ? in_smem : 0) * gates_r * kFragBytes;
+  const int tiles = wide_tiles(backward, gates_r);
+  p.a_row = fused::row_bytes(int((backward ? gates_r : 1) * head_dim), esize);
+  p.red_stride = wide_red_stride(tiles * kWideUnits);
+  p.red_offset = (backward ? 1 : 2) * kRows * p.a_row;
+  p.r_offset = wide_head_bytes(backward, gates_r, head_dim);
+  const int ksteps = int((backward ? gates_r : 1) * head_dim / 16);
+  const int half = (ksteps + 1) / kWideKGroups, in_smem = half - wide_register_ksteps(backward, gates_r);
+  p.smem = p.r_offset + kWideWarps * (in_smem > 0 ? in_smem : 0) * tiles * kFragBytes;
   if (p.smem > smem_per_block - fused::kSmemReserve) return "R's slice does not fit shared memory and registers";
   return nullptr;
 }

@@ -33,7 +33,7 @@ __global__ void __launch_bounds__(cluster::kWideThreads, 1)
     using M = Mma<T>;
     using Math = MathFor<T>;
     constexpr int kGr = Cell::kGatesR, kU = cluster::kWideUnits, kRows = cluster::kRows;
-    constexpr int kRegKsteps = cluster::wide_register_ksteps(kGr);
+    constexpr int kRegKsteps = cluster::wide_register_ksteps(false, kGr);
 
     extern __shared__ __align__(128) unsigned char smem[];
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, q = lane % 4;

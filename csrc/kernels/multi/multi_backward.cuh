@@ -32,6 +32,7 @@
 #include "../weight_grad/weight_grad.cuh"
 #include "cluster_backward.cuh"
 #include "cluster_launch.h"
+#include "cluster_wide_backward.cuh"
 #include "cooperative.cuh"
 #include "pointwise.cuh"
 
@@ -295,8 +296,8 @@ multi::BackwardLaunch multi_backward_launch(const BackwardParams& p, const Devic
   return {plan.dr_columns * plan.groups * plan.heads, plan.producer, plan.cluster};
 }
 
-// The cluster variant where it runs (see launch_multi_forward), else the L2 variant; the weight
-// gradients alongside the L2 variant where it has CTAs for them, else after it. Workspace: the
+// The cluster variant where it runs (see launch_multi_forward), else its wide form, else the L2
+// variant; the weight gradients alongside the L2 variant where it has CTAs for them, else after it. Workspace: the
 // weight-gradient sums (weight_grad.cuh's partials or alongside.cuh's running sums), then the L2
 // variant's progress counters.
 template <class Cell, class T>
@@ -308,6 +309,15 @@ void launch_multi_backward(const BackwardParams& p, const DeviceLimits& device, 
                                cplan)) {
     launch_weight_grad<T>(p, Cell::kGatesR, Cell::kGatesB, p.workspace, stream);
     return;
+  }
+  if constexpr (sizeof(T) == 2) {
+    if (cluster::make_wide_plan(cplan, true, Cell::kGatesR, sizeof(T), p.batch, p.heads, p.head_dim,
+                                device.smem_per_block) == nullptr &&
+        cluster::launch_clusters(cluster_wide_backward_kernel<Cell, T>, cplan, device, stream,
+                                 "cluster_wide_backward_kernel", p, cplan)) {
+      launch_weight_grad<T>(p, Cell::kGatesR, Cell::kGatesB, p.workspace, stream);
+      return;
+    }
   }
   const multi::Plan plan = multi_backward_plan<Cell, T>(p, device);
   const int64_t sums =

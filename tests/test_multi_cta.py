@@ -120,13 +120,17 @@ def test_multi_cta_l2_staging_modes_match_float64(case, function, multicast, mon
 # The wide cluster kernels (sm_90, 16-bit): 48 units per CTA, R partly in registers. 768 x 1 with a
 # partial second batch group; 576 x 2 (12 CTAs, two heads); 528 (11 CTAs, an odd k-step count
 # forward: the k-groups take 17 and 16); T = 1. Against float64, and bitwise against themselves.
+# dR and db: CTAs alongside the wide backward where clusters fit beside it (on a 132-SM card every
+# case here), or weight_grad_kernel after it (FLASHRNN_DR_ALONGSIDE=0).
 WIDE_CASES = [(19, 33, 1, 768), (5, 9, 2, 576), (3, 1, 1, 528), (1, 20, 1, 768)]
 
 
+@pytest.mark.parametrize("alongside", ["1", "0"])
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 @pytest.mark.parametrize("function", list(CELLS))
 @pytest.mark.parametrize("shape", WIDE_CASES, ids=lambda s: "B{}-T{}-N{}-D{}".format(*s))
-def test_multi_cta_cluster_wide_kernels_match_float64(shape, function, dtype):
+def test_multi_cta_cluster_wide_kernels_match_float64(shape, function, dtype, alongside, monkeypatch):
+    monkeypatch.setenv("FLASHRNN_DR_ALONGSIDE", alongside)
     B, T, N, D = shape
     dt = DTYPES[dtype]
     assert_multi(function, dt, B, N, D)
@@ -136,6 +140,8 @@ def test_multi_cta_cluster_wide_kernels_match_float64(shape, function, dtype):
     names = cuda_kernel_names(lambda: run_with_grads(function, "cuda_fused", inputs, weights))
     assert "cluster_wide_forward_kernel" in names and "cluster_wide_backward_kernel" in names, names
     assert "multi_forward_kernel" not in names and "multi_backward_kernel" not in names, names
+    if alongside == "0" or torch.cuda.get_device_properties(0).multi_processor_count == 132:
+        assert ("weight_grad_kernel" in names) == (alongside == "0"), names
     check_against_reference(function, "cuda_fused", dt, B, T, N, D)
     first = run_with_grads(function, "cuda_fused", inputs, weights)
     again = run_with_grads(function, "cuda_fused", inputs, weights)

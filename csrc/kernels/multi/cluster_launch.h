@@ -42,6 +42,9 @@ int max_active_clusters(void (*kernel)(Params...), cudaLaunchConfig_t& config, c
 // Launches `kernel` over (size, groups, heads) CTAs in clusters of plan.size on `stream`. Returns
 // false, launching nothing, where clusters cannot run: below sm_90, or where the device cannot
 // hold one such cluster (e.g. 16 CTAs of this shared memory size).
+// With plan.worker_groups > 0 the grid has that many more rows of clusters (CTAs that compute dR
+// and db alongside the recurrence, waiting for its progress flags): the launch is cooperative, so
+// every cluster is resident at once or the launch fails instead of hanging.
 template <class... Params, class... Args>
 bool launch_clusters(void (*kernel)(Params...), const Plan& plan, const DeviceLimits& device, cudaStream_t stream,
                      const char* name, const Args&... args) {
@@ -52,15 +55,48 @@ bool launch_clusters(void (*kernel)(Params...), const Plan& plan, const DeviceLi
     return false;
   }
   cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(unsigned(plan.size), unsigned(plan.groups), unsigned(plan.heads));
+  config.gridDim = dim3(unsigned(plan.size), unsigned(plan.groups + plan.worker_groups), unsigned(plan.heads));
   config.blockDim = dim3(unsigned(plan.threads));
   config.dynamicSmemBytes = size_t(plan.smem);
   config.stream = stream;
-  cudaLaunchAttribute attr;
-  if (max_active_clusters(kernel, config, attr, plan.size) < 1) return false;
+  cudaLaunchAttribute attrs[2];  // the cluster dimension, cooperative
+  const int resident = max_active_clusters(kernel, config, attrs[0], plan.size);
+  if (resident < 1) return false;
+  if (plan.worker_groups > 0) {
+    FLASHRNN_CHECK(resident >= (plan.groups + plan.worker_groups) * plan.heads, name << ": the workers alongside do not fit");
+    attrs[1].id = cudaLaunchAttributeCooperative;
+    attrs[1].val.cooperative = 1;
+    config.attrs = attrs;
+    config.numAttrs = 2;
+  }
   FLASHRNN_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, args...));
   FLASHRNN_CHECK_LAUNCH(name);
   return true;
+}
+
+// The rows of worker clusters that fit beside the plan's (at least `min_ctas` CTAs in all, each
+// with `min_smem` bytes of shared memory: the plan's allocation is raised to it), or 0. Sets
+// plan.worker_groups and plan.smem.
+template <class... Params>
+void plan_workers(void (*kernel)(Params...), Plan& plan, const DeviceLimits& device, int min_ctas, int min_smem) {
+  plan.worker_groups = 0;
+  if (device.cc_major < 9 || disabled()) return;
+  const int smem = plan.smem > min_smem ? plan.smem : min_smem;
+  if (smem > device.smem_per_block - fused::kSmemReserve) return;
+  FLASHRNN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  if (plan.size > 8 && cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return;
+  }
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(unsigned(plan.size), unsigned(plan.groups), unsigned(plan.heads));
+  config.blockDim = dim3(unsigned(plan.threads));
+  config.dynamicSmemBytes = size_t(smem);
+  cudaLaunchAttribute attr;
+  const int rows = max_active_clusters(kernel, config, attr, plan.size) / plan.heads - plan.groups;
+  if (rows < 1 || rows * plan.heads * plan.size < min_ctas) return;
+  plan.worker_groups = rows;
+  plan.smem = smem;
 }
 
 }  // namespace flashrnn::cluster

@@ -41,6 +41,7 @@ struct Plan {
   int r_offset = 0;
   int smem = 0;
   int threads = kThreads;
+  int worker_groups = 0;  // wide backward: grid rows beyond the batch groups of CTAs computing dR and db alongside
 };
 
 // Fills `plan` for a forward (backward = false) or backward pass; nullptr, or why the shape does

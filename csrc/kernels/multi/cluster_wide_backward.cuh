@@ -14,12 +14,18 @@
 // its warps are done reading dg_{t+1} and waits on it just before sending dg_t, so the barrier's
 // round trip overlaps the partial sums and the cell. The partial-sum buffer is single too
 // (cluster_plan.h wide_head_bytes).
+// dR and db: where the device has room for more clusters (768 x 1 B = 16: one cluster of 16 CTAs
+// on 132 SMs), grid rows beyond the batch groups (plan.worker_groups) run the L2 variant's
+// workers (weight_grad/alongside.cuh) on the steps the recurrence has finished: each recurrent
+// CTA sets its progress flag every kFlagSteps steps (a block barrier and a release; the workers'
+// blocks are 1024 / B steps). Else weight_grad_kernel runs after this kernel.
 #pragma once
 
 #include "../../common/check.h"
 #include "../../common/params.h"
 #include "../cells/all_cells.cuh"
 #include "../common/device.cuh"
+#include "../weight_grad/alongside.cuh"
 #include "cluster_backward.cuh"
 #include "cluster_plan.h"
 #include "pointwise.cuh"
@@ -28,7 +34,7 @@ namespace flashrnn {
 
 template <class Cell, class T>
 __global__ void __launch_bounds__(cluster::kWideThreads, 1)
-    cluster_wide_backward_kernel(const BackwardParams p, const cluster::Plan plan) {
+    cluster_wide_backward_kernel(const BackwardParams p, const cluster::Plan plan, unsigned* flags) {
   static_assert(cells::Cell<Cell>, "see cells/elman.cuh for what a cell must define");
   static_assert(sizeof(T) == 2, "the wide plan takes 16-bit types");
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
@@ -39,7 +45,16 @@ __global__ void __launch_bounds__(cluster::kWideThreads, 1)
   constexpr int kGr = Cell::kGatesR, kGb = Cell::kGatesB, kU = cluster::kWideUnits, kRows = cluster::kRows;
   constexpr int kRegKsteps = cluster::wide_register_ksteps(true, kGr);
 
+  constexpr int kFlagSteps = 8;
+
   extern __shared__ __align__(128) unsigned char smem[];
+  if (int(blockIdx.y) >= plan.groups) {  // a CTA of dR and db alongside
+    if (threadIdx.x >= alongside::kThreads) return;
+    const int worker = (int(blockIdx.z) * plan.worker_groups + int(blockIdx.y) - plan.groups) * plan.size + int(blockIdx.x);
+    alongside::weight_grad_alongside<T>(p, kGr, kGb, worker, plan.worker_groups * plan.heads * plan.size, flags,
+                                        plan.heads * plan.groups * plan.size, smem);
+    return;
+  }
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, q = lane % 4;
   const int64_t B = p.batch, steps = p.steps, N = p.heads, D = p.head_dim;
   const int64_t u0 = int64_t(blockIdx.x) * kU, b0 = int64_t(blockIdx.y) * kRows, n = blockIdx.z;
@@ -173,6 +188,8 @@ __global__ void __launch_bounds__(cluster::kWideThreads, 1)
       if (t > 1) cell.load_step(t - 1);
       cell.store_dg(t, dg);
     }
+    if (plan.worker_groups > 0 && ((steps - t + 1) % kFlagSteps == 0 || t == 1))  // dg_t .. dg_T are out
+      multi::release_flag(flags + (n * plan.groups + blockIdx.y) * plan.size + blockIdx.x, unsigned(steps - t + 1));
   }
 
   // dL/ds_0 = what reaches the initial states: carried paths + the gradient on states[:, 0].

@@ -310,21 +310,28 @@ void launch_multi_backward(const BackwardParams& p, const DeviceLimits& device, 
     launch_weight_grad<T>(p, Cell::kGatesR, Cell::kGatesB, p.workspace, stream);
     return;
   }
-  if constexpr (sizeof(T) == 2) {
-    if (cluster::make_wide_plan(cplan, true, Cell::kGatesR, sizeof(T), p.batch, p.heads, p.head_dim,
-                                device.smem_per_block) == nullptr &&
-        cluster::launch_clusters(cluster_wide_backward_kernel<Cell, T>, cplan, device, stream,
-                                 "cluster_wide_backward_kernel", p, cplan)) {
-      launch_weight_grad<T>(p, Cell::kGatesR, Cell::kGatesB, p.workspace, stream);
-      return;
-    }
-  }
-  const multi::Plan plan = multi_backward_plan<Cell, T>(p, device);
   const int64_t sums =
       weight_grad::multi_scratch_floats(p.steps * p.batch, Cell::kGatesR, Cell::kGatesB, p.heads, p.head_dim);
   unsigned* flags = reinterpret_cast<unsigned*>(p.workspace + sums);
-  FLASHRNN_CUDA_CHECK(cudaMemsetAsync(
-      flags, 0, sizeof(unsigned) * multi::flag_words(p.batch, p.heads, p.head_dim, sizeof(T)), stream));
+  auto clear_flags = [&] {
+    FLASHRNN_CUDA_CHECK(cudaMemsetAsync(
+        flags, 0, sizeof(unsigned) * multi::flag_words(p.batch, p.heads, p.head_dim, sizeof(T)), stream));
+  };
+  if constexpr (sizeof(T) == 2) {
+    const auto kernel = cluster_wide_backward_kernel<Cell, T>;
+    if (cluster::make_wide_plan(cplan, true, Cell::kGatesR, sizeof(T), p.batch, p.heads, p.head_dim,
+                                device.smem_per_block) == nullptr) {
+      if (!p.recurrent_cut && p.steps > 0 && !multi::turned_off("FLASHRNN_DR_ALONGSIDE"))
+        cluster::plan_workers(kernel, cplan, device, weight_grad::kAlongsideMinCtas, alongside::kSmemBytes);
+      if (cplan.worker_groups > 0) clear_flags();
+      if (cluster::launch_clusters(kernel, cplan, device, stream, "cluster_wide_backward_kernel", p, cplan, flags)) {
+        if (cplan.worker_groups == 0) launch_weight_grad<T>(p, Cell::kGatesR, Cell::kGatesB, p.workspace, stream);
+        return;
+      }
+    }
+  }
+  const multi::Plan plan = multi_backward_plan<Cell, T>(p, device);
+  clear_flags();
   multi::launch_cooperative(plan.producer ? multi_backward_kernel<Cell, T, true> : multi_backward_kernel<Cell, T, false>,
                             plan, stream, "multi_backward_kernel", p, flags);
   if (plan.dr_columns == 0) launch_weight_grad<T>(p, Cell::kGatesR, Cell::kGatesB, p.workspace, stream);

@@ -141,7 +141,9 @@ __global__ void __launch_bounds__(cluster::kWideThreads, 1)
       rec[1] += v.y;
     }
   };
-  // dg_t into the stage of every CTA of the cluster, in the stage's K order.
+  // dg_t into the stage of every CTA of the cluster, in the stage's K order. The warps of the
+  // cluster start at different ranks (all starting at rank 0 sent one CTA everything at once).
+  const int first_rank = int((cluster_rank() + warp) % plan.size);
   auto publish = [&](const float (&dg)[2][kGb]) {
     if constexpr (kUnitMajor) {
       float v[2 * kGr];  // unit, then gate
@@ -151,9 +153,7 @@ __global__ void __launch_bounds__(cluster::kWideThreads, 1)
         for (int k = 0; k < kGr; ++k) v[u * kGr + k] = dg[u][k];
       uint32_t w[kGr];
       pack_words<T>(v, w);
-#pragma unroll
-      for (int rank = 0; rank < cluster::kMaxSize; ++rank) {
-        if (rank >= plan.size) break;
+      for (int i = 0, rank = first_rank; i < plan.size; ++i, rank = rank + 1 < plan.size ? rank + 1 : 0) {
         const uint32_t base = peer_base[rank];
         st_async_words(base + dg_slot, base + bar_offset, w);
       }
@@ -164,9 +164,7 @@ __global__ void __launch_bounds__(cluster::kWideThreads, 1)
         const float v[2] = {dg[0][k], dg[1][k]};
         pack_words<T>(v, w[k]);
       }
-#pragma unroll
-      for (int rank = 0; rank < cluster::kMaxSize; ++rank) {
-        if (rank >= plan.size) break;
+      for (int i = 0, rank = first_rank; i < plan.size; ++i, rank = rank + 1 < plan.size ? rank + 1 : 0) {
         const uint32_t base = peer_base[rank];
 #pragma unroll
         for (int k = 0; k < kGr; ++k) st_async_words(base + dg_slot + uint32_t(k * D * sizeof(T)), base + bar_offset, w[k]);

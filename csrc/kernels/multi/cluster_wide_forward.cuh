@@ -85,13 +85,14 @@ __global__ void __launch_bounds__(cluster::kWideThreads, 1)
     const uint32_t h_slot = uint32_t(prow * plan.a_row + unit * int64_t(sizeof(T)));  // offset in the window
     const uint32_t bar_offset = smem_addr(&arrived[0]) - smem_addr(smem);
     multi::ForwardPair<Cell, T> cell(p, pb, n, unit, pw);
+    // The warps of the cluster start at different ranks (all starting at rank 0 sent one CTA
+    // everything at once).
+    const int first_rank = int((cluster_rank() + warp) % plan.size);
     auto publish = [&](int64_t t) {
       uint32_t w[multi::kWordsPerPair<T>];
       cell.h_words(w);
       const uint32_t at = h_slot + uint32_t(t & 1) * parity_bytes, bar = bar_offset + uint32_t(t & 1) * 8;
-#pragma unroll
-      for (int rank = 0; rank < cluster::kMaxSize; ++rank) {
-        if (rank >= plan.size) break;
+      for (int i = 0, rank = first_rank; i < plan.size; ++i, rank = rank + 1 < plan.size ? rank + 1 : 0) {
         const uint32_t base = peer_base[rank];
         st_async_words(base + at, base + bar, w);
       }

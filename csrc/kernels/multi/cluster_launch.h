@@ -20,6 +20,14 @@ inline bool disabled() {
   return v != nullptr && std::strcmp(v, "") != 0 && std::strcmp(v, "0") != 0;
 }
 
+// FLASHRNN_WIDE picks where the wide cluster kernels (cluster_plan.h make_wide_plan) may run:
+// unset or "1" both passes, "forward" or "backward" one of them, "0" neither (the L2 variant runs).
+inline bool wide_allowed(bool backward) {
+  const char* v = std::getenv("FLASHRNN_WIDE");
+  if (v == nullptr || std::strcmp(v, "") == 0 || std::strcmp(v, "1") == 0) return true;
+  return std::strcmp(v, backward ? "backward" : "forward") == 0;
+}
+
 // How many clusters of `size` CTAs of `kernel` (at config's block and shared-memory sizes) the
 // device holds at once; 0 where it holds none or the query fails. Leaves config with the
 // cluster-dimension attribute `attr` as its only attribute.

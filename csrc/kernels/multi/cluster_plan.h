@@ -71,39 +71,47 @@ constexpr const char* make_plan(Plan& p, bool backward, int gates_r, int esize, 
 }
 
 // The wide kernels (cluster_wide_forward.cuh, cluster_wide_backward.cuh) for heads whose 32-unit
-// slices need more than 16 CTAs (768 x 1: 24): 48 units per CTA, 12 warps = (k-group, 8-unit
-// tile), and R's slice partly in registers. Each warp multiplies at half of the k-steps (forward:
-// one 8-unit tile of every gate; backward: one 8-unit tile of R^T, K = gates x D); the first
-// wide_register_ksteps() of its k-steps are held in registers, the rest in shared memory.
+// slices need more than 16 CTAs (768 x 1: 24): 48 units per CTA in 12 warps, and R's slice partly
+// in registers. Forward: warp = (k-group of 2, 8-unit tile), one tile of every gate at half of the
+// k-steps; backward: warp = (k-group of 4, pair of 8-unit tiles) at a quarter of K = gates x D
+// (two tiles per warp halve the stage's reads against one: each A fragment feeds two products).
+// The first wide_register_ksteps() of a warp's k-steps are held in registers, the rest in shared
+// memory.
+#ifndef FLASHRNN_WIDE_BW_TILES
+#define FLASHRNN_WIDE_BW_TILES 2
+#endif
 constexpr int kWideUnits = 48;
 constexpr int kWideTiles = kWideUnits / 8;
-constexpr int kWideKGroups = 2;
-constexpr int kWideWarps = kWideKGroups * kWideTiles;
+constexpr int kWideWarps = 12;
 constexpr int kWideThreads = kWideWarps * 32;  // = kRows * kWideUnits / 2: one per (row, unit pair)
 constexpr int kWideMaxDim = kMaxSize * kWideUnits;  // 768
+constexpr int kWideBwTiles = FLASHRNN_WIDE_BW_TILES;  // backward: 8-unit tiles per warp
 constexpr int kSmemOptIn = 232448;  // sm_90's per-block opt-in limit (227 KB), for the count below
-static_assert(kWideThreads == kRows * kWideUnits / 2);
+static_assert(kWideThreads == kRows * kWideUnits / 2 && kWideTiles % kWideBwTiles == 0);
 
-constexpr int wide_red_stride(int columns) { return fused::round_up_c(columns, 32) + 8; }
-constexpr int wide_tiles(bool backward, int gates_r) { return backward ? 1 : gates_r; }  // B fragments per k-step
+constexpr int wide_kgroups(bool backward) { return backward ? kWideWarps / (kWideTiles / kWideBwTiles) : 2; }
+constexpr int wide_frags(bool backward, int gates_r) { return backward ? kWideBwTiles : gates_r; }  // per warp and k-step
+constexpr int wide_red_stride(bool backward, int gates_r) {
+  return fused::round_up_c((backward ? 1 : gates_r) * kWideUnits, 32) + 8;
+}
 // Bytes of shared memory before R's fragments: the exchanged rows (forward: two h buffers of 16
-// rows; backward: one dg stage, reused behind a cluster barrier), one buffer of the two k-groups'
+// rows; backward: one dg stage, reused behind a cluster barrier), one buffer of the k-groups'
 // partial sums (one suffices: a warp writes it for the next step only after that step's rows have
 // arrived from every CTA, this one included, whose threads send them after reading their sums).
 constexpr int wide_head_bytes(bool backward, int gates_r, long long head_dim) {
   const int width = int((backward ? gates_r : 1) * head_dim);
   return (backward ? 1 : 2) * kRows * fused::row_bytes(width, 2) +
-         kWideKGroups * kRows * wide_red_stride(wide_tiles(backward, gates_r) * kWideUnits) * 4;
+         wide_kgroups(backward) * kRows * wide_red_stride(backward, gates_r) * 4;
 }
 // k-steps of R per warp in registers: what a 768-wide head's slice leaves beyond sm_90's shared
 // memory (forward LSTM / sLSTM 12 of 24 k-steps of 4 fragments: 96 registers, GRU 7, Elman 0;
-// backward LSTM / sLSTM 57 of 96 one-fragment k-steps, GRU 24, Elman 0).
+// backward LSTM / sLSTM 30 of 48 k-steps of 2 fragments: 120 registers, GRU 13, Elman 0).
 constexpr int wide_register_ksteps(bool backward, int gates_r) {
-  const int tiles = wide_tiles(backward, gates_r);
-  const int per_warp = (backward ? gates_r : 1) * kWideMaxDim / 16 / kWideKGroups * tiles;  // fragments at 768
+  const int frags = wide_frags(backward, gates_r), kg = wide_kgroups(backward);
+  const int per_warp = ((backward ? gates_r : 1) * kWideMaxDim / 16 + kg - 1) / kg * frags;  // fragments at 768
   const int room = (kSmemOptIn - fused::kSmemReserve - 256 - wide_head_bytes(backward, gates_r, kWideMaxDim)) /
                    (kWideWarps * kFragBytes);
-  return per_warp > room ? (per_warp - room + tiles - 1) / tiles : 0;
+  return per_warp > room ? (per_warp - room + frags - 1) / frags : 0;
 }
 
 constexpr const char* make_wide_plan(Plan& p, bool backward, int gates_r, int esize, long long batch, long long heads,
@@ -118,14 +126,14 @@ constexpr const char* make_wide_plan(Plan& p, bool backward, int gates_r, int es
   p.groups = int(groups);
   p.heads = int(heads);
   p.threads = kWideThreads;
-  const int tiles = wide_tiles(backward, gates_r);
+  const int frags = wide_frags(backward, gates_r), kg = wide_kgroups(backward);
   p.a_row = fused::row_bytes(int((backward ? gates_r : 1) * head_dim), esize);
-  p.red_stride = wide_red_stride(tiles * kWideUnits);
+  p.red_stride = wide_red_stride(backward, gates_r);
   p.red_offset = (backward ? 1 : 2) * kRows * p.a_row;
   p.r_offset = wide_head_bytes(backward, gates_r, head_dim);
   const int ksteps = int((backward ? gates_r : 1) * head_dim / 16);
-  const int half = (ksteps + 1) / kWideKGroups, in_smem = half - wide_register_ksteps(backward, gates_r);
-  p.smem = p.r_offset + kWideWarps * (in_smem > 0 ? in_smem : 0) * tiles * kFragBytes;
+  const int part = (ksteps + kg - 1) / kg, in_smem = part - wide_register_ksteps(backward, gates_r);
+  p.smem = p.r_offset + kWideWarps * (in_smem > 0 ? in_smem : 0) * frags * kFragBytes;
   if (p.smem > smem_per_block - fused::kSmemReserve) return "R's slice does not fit shared memory and registers";
   return nullptr;
 }

@@ -5,11 +5,12 @@
 //
 // Per step t = T..1: the gradient carried into h_t needs (dg_{t+1} R) at this CTA's units. Each
 // CTA st.asyncs its units' dg (the first Gr gates, in the stage's K order of cluster_backward.cuh)
-// into the stage of every CTA of the cluster, counted by one mbarrier. Warp (k-group kg, tile j)
-// multiplies the stage at k-steps [kg * half, (kg + 1) * half) of K = Gr * D by R^T restricted to
-// the 8 units u0 + 8 j .. + 8 (the first kRegKsteps of its k-steps' fragments in registers, the
-// rest in shared memory: a 768-wide LSTM head's slice is 288 KB); the k-groups' partial sums meet
-// in shared memory; thread (row, unit pair) runs the cell's backward and writes dg.
+// into the stage of every CTA of the cluster, counted by one mbarrier. Warp (k-group kg, tiles
+// j0 .. j0 + kTiles - 1) multiplies the stage at its k-steps [kg * part, (kg + 1) * part) of
+// K = Gr * D by R^T restricted to those 8-unit tiles (the first kRegKsteps of its k-steps'
+// fragments in registers, the rest in shared memory: a 768-wide LSTM head's slice is 288 KB); the
+// k-groups' partial sums meet in shared memory; thread (row, unit pair) runs the cell's backward
+// and writes dg.
 // The stage is single (two would not fit beside R): each CTA arrives on the cluster barrier once
 // its warps are done reading dg_{t+1} and waits on it just before sending dg_t, so the barrier's
 // round trip overlaps the partial sums and the cell. The partial-sum buffer is single too
@@ -44,6 +45,8 @@ __global__ void __launch_bounds__(cluster::kWideThreads, 1)
   using Math = MathFor<T>;
   constexpr int kGr = Cell::kGatesR, kGb = Cell::kGatesB, kU = cluster::kWideUnits, kRows = cluster::kRows;
   constexpr int kRegKsteps = cluster::wide_register_ksteps(true, kGr);
+  constexpr int kTiles = cluster::kWideBwTiles, kKGroups = cluster::wide_kgroups(true);
+  constexpr int kChains = kTiles == 1 ? 2 : 1;  // accumulators per tile (alternate k-steps)
 
   constexpr int kFlagSteps = 8;
 
@@ -66,31 +69,35 @@ __global__ void __launch_bounds__(cluster::kWideThreads, 1)
   // The stage's K order as in cluster_backward.cuh: (unit, gate) for an even gate count, else (gate, unit).
   constexpr bool kUnitMajor = kGr % 2 == 0;
   auto k_index = [&](int64_t unit_i, int gate) { return kUnitMajor ? unit_i * kGr + gate : gate * D + unit_i; };
-  // This warp's k-steps [k0, k0 + count) and 8-unit tile j; B fragment at k-step ks: element
-  // (kk, jj) = R[k, n, i, u0 + 8 j + jj] for (unit i, gate k) at K = 16 ks + kk.
-  const int kg = warp / cluster::kWideTiles, j = warp % cluster::kWideTiles;
-  const int half = (ksteps + 1) / cluster::kWideKGroups, k0 = kg * half;
-  const int count = ksteps - k0 < half ? ksteps - k0 : half;
-  auto load_fragment = [&](int ks, uint32_t (&f)[2]) {
+  // This warp's k-steps [k0, k0 + count) and tiles j0 + c; B fragment of tile j at k-step ks:
+  // element (kk, jj) = R[k, n, i, u0 + 8 j + jj] for (unit i, gate k) at K = 16 ks + kk.
+  const int kg = warp / (cluster::kWideTiles / kTiles), j0 = warp % (cluster::kWideTiles / kTiles) * kTiles;
+  const int part = (ksteps + kKGroups - 1) / kKGroups, k0 = kg * part;
+  const int count = ksteps - k0 < part ? (ksteps - k0 > 0 ? ksteps - k0 : 0) : part;
+  auto load_fragment = [&](int ks, int j, uint32_t (&f)[2]) {
     cluster::fragment_from<T>(f, lane, [&](int kk, int jj) {
       const int64_t K = int64_t(ks) * M::kK + kk;
       const int64_t gate = kUnitMajor ? K % kGr : K / D, unit_i = kUnitMajor ? K / kGr : K % D;
       return r[((gate * N + n) * D + unit_i) * D + u0 + 8 * j + jj];
     });
   };
-  uint32_t rreg[kRegKsteps > 0 ? kRegKsteps : 1][2];  // k-steps k0 .. k0 + kRegKsteps - 1
+  uint32_t rreg[kRegKsteps > 0 ? kRegKsteps : 1][kTiles][2];  // k-steps k0 .. k0 + kRegKsteps - 1
 #pragma unroll
-  for (int i = 0; i < kRegKsteps; ++i) {
-    rreg[i][0] = rreg[i][1] = 0u;
-    if (recurrent && i < count) load_fragment(k0 + i, rreg[i]);
-  }
-  const int in_smem = half - kRegKsteps > 0 ? half - kRegKsteps : 0;
-  uint2* rs = reinterpret_cast<uint2*>(smem + plan.r_offset) + warp * in_smem * 32;  // [warp][k-step - kRegKsteps][lane]
-  for (int i = kRegKsteps; i < count && recurrent; ++i) {
-    uint32_t f[2];
-    load_fragment(k0 + i, f);
-    rs[(i - kRegKsteps) * 32 + lane] = make_uint2(f[0], f[1]);
-  }
+  for (int i = 0; i < kRegKsteps; ++i)
+#pragma unroll
+    for (int c = 0; c < kTiles; ++c) {
+      rreg[i][c][0] = rreg[i][c][1] = 0u;
+      if (recurrent && i < count) load_fragment(k0 + i, j0 + c, rreg[i][c]);
+    }
+  const int in_smem = part - kRegKsteps > 0 ? part - kRegKsteps : 0;
+  uint2* rs = reinterpret_cast<uint2*>(smem + plan.r_offset) + warp * in_smem * kTiles * 32;  // [warp][k-step - kRegKsteps][tile][lane]
+  for (int i = kRegKsteps; i < count && recurrent; ++i)
+#pragma unroll
+    for (int c = 0; c < kTiles; ++c) {
+      uint32_t f[2];
+      load_fragment(k0 + i, j0 + c, f);
+      rs[((i - kRegKsteps) * kTiles + c) * 32 + lane] = make_uint2(f[0], f[1]);
+    }
 
   unsigned char* stage = smem;  // [row][K], plan.a_row bytes per row
   float* const red = reinterpret_cast<float*>(smem + plan.red_offset);  // [k-group][row][unit]
@@ -112,30 +119,42 @@ __global__ void __launch_bounds__(cluster::kWideThreads, 1)
   auto recurrent_part = [&](int64_t s, float (&rec)[2]) {
     if (tid == 0) mbar_arm(&arrived[0], step_bytes);
     mbar_wait(&arrived[0], unsigned(steps - s) & 1u, cluster::kMaxPolls);
-    float acc[2][4] = {};  // two chains: alternate k-steps
+    float acc[kTiles][kChains][4] = {};
 #pragma unroll
     for (int i = 0; i < kRegKsteps; ++i) {
       if (i >= count) break;
       uint32_t a[4];
       ldmatrix_x4(a, a_src + i * 32);
-      M::mma(acc[i & 1], a, rreg[i], false);
+#pragma unroll
+      for (int c = 0; c < kTiles; ++c) M::mma(acc[c][i % kChains], a, rreg[i][c], false);
     }
     for (int i = kRegKsteps; i < count; ++i) {
       uint32_t a[4];
       ldmatrix_x4(a, a_src + i * 32);
-      const uint2 v = rs[(i - kRegKsteps) * 32 + lane];
-      const uint32_t f[2] = {v.x, v.y};
-      M::mma(acc[i & 1], a, f, false);
+#pragma unroll
+      for (int c = 0; c < kTiles; ++c) {
+        const uint2 v = rs[((i - kRegKsteps) * kTiles + c) * 32 + lane];
+        const uint32_t f[2] = {v.x, v.y};
+        M::mma(acc[c][i % kChains], a, f, false);
+      }
     }
     cluster_arrive();  // this CTA's warps are done with the stage once all have arrived
 #pragma unroll
-    for (int h = 0; h < 2; ++h)  // rows g and g + 8
-      *reinterpret_cast<float2*>(red + (kg * kRows + g + 8 * h) * plan.red_stride + 8 * j + 2 * q) =
-          make_float2(acc[0][2 * h] + acc[1][2 * h], acc[0][2 * h + 1] + acc[1][2 * h + 1]);
+    for (int c = 0; c < kTiles; ++c)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {  // rows g and g + 8
+        float2 v = make_float2(0.f, 0.f);
+#pragma unroll
+        for (int x = 0; x < kChains; ++x) {
+          v.x += acc[c][x][2 * h];
+          v.y += acc[c][x][2 * h + 1];
+        }
+        *reinterpret_cast<float2*>(red + (kg * kRows + g + 8 * h) * plan.red_stride + 8 * (j0 + c) + 2 * q) = v;
+      }
     __syncthreads();  // partial sums complete
     rec[0] = rec[1] = 0.f;
 #pragma unroll
-    for (int s2 = 0; s2 < cluster::kWideKGroups; ++s2) {
+    for (int s2 = 0; s2 < kKGroups; ++s2) {
       const float2 v = *reinterpret_cast<const float2*>(red + (s2 * kRows + prow) * plan.red_stride + 2 * pair);
       rec[0] += v.x;
       rec[1] += v.y;

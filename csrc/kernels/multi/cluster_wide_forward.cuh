@@ -45,8 +45,9 @@ __global__ void __launch_bounds__(cluster::kWideThreads, 1)
 
     // This warp's k-steps [k0, k0 + count) and 8-unit tile j; B fragments of tile j of gate k at
     // k-step ks: element (kk, i) = R[k, n, u0 + 8 j + i, 16 ks + kk].
+    constexpr int kKGroups = cluster::wide_kgroups(false);
     const int kg = warp / cluster::kWideTiles, j = warp % cluster::kWideTiles;
-    const int half = int(D / M::kK + 1) / cluster::kWideKGroups, k0 = kg * half;
+    const int half = int(D / M::kK + kKGroups - 1) / kKGroups, k0 = kg * half;
     const int count = int(D / M::kK) - k0 < half ? int(D / M::kK) - k0 : half;
     auto load_fragment = [&](int ks, int k, uint32_t (&f)[2]) {
       M::load_b(f, r + ((k * N + n) * D + u0 + 8 * j) * D + int64_t(ks) * M::kK, D);
@@ -142,7 +143,7 @@ __global__ void __launch_bounds__(cluster::kWideThreads, 1)
 #pragma unroll
         for (int k = 0; k < kGr; ++k) rh_pair[k] = make_float2(0.f, 0.f);
 #pragma unroll
-        for (int s = 0; s < cluster::kWideKGroups; ++s)
+        for (int s = 0; s < kKGroups; ++s)
 #pragma unroll
           for (int k = 0; k < kGr; ++k) {
             const float2 v = *reinterpret_cast<const float2*>(red + (s * kRows + prow) * plan.red_stride + k * kU + 2 * pair);

@@ -83,12 +83,16 @@ def test_multi_cta_variant_that_runs(monkeypatch):
     names = cuda_kernel_names(lambda: run_with_grads("lstm", "cuda_fused", inputs, weights))
     assert "cluster_" not in names and "multi_forward_kernel" in names and "multi_backward_kernel" in names
     monkeypatch.delenv("FLASHRNN_MULTI_L2")
+    # 768: 24 CTAs of 32 units, more than a cluster: the L2 variant, or with FLASHRNN_WIDE the wide
+    # kernels' 16 CTAs of 48 (cluster_wide_*.cuh) on sm_90
     inputs, _, _, weights = float64_reference("lstm", 16, 8, 1, 768, torch.bfloat16, "random", 3)
-    names = cuda_kernel_names(lambda: run_with_grads("lstm", "cuda_fused", inputs, weights))
-    # 24 CTAs of 32 units: more than a cluster; the wide kernels run 16 of 48 (cluster_wide_*.cuh)
-    for kernel in ("forward", "backward"):
-        assert (f"cluster_wide_{kernel}_kernel" in names) == clusters, names
-        assert (f"multi_{kernel}_kernel" in names) != clusters, names
+    for wide, expected in (("0", {"forward": False, "backward": False}), ("1", {"forward": True, "backward": True}),
+                           ("forward", {"forward": True, "backward": False})):
+        monkeypatch.setenv("FLASHRNN_WIDE", wide)
+        names = cuda_kernel_names(lambda: run_with_grads("lstm", "cuda_fused", inputs, weights))
+        for kernel, on in expected.items():
+            assert (f"cluster_wide_{kernel}_kernel" in names) == (on and clusters), (wide, names)
+            assert (f"multi_{kernel}_kernel" in names) != (on and clusters), (wide, names)
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
@@ -130,6 +134,7 @@ WIDE_CASES = [(19, 33, 1, 768), (5, 9, 2, 576), (3, 1, 1, 528), (1, 20, 1, 768)]
 @pytest.mark.parametrize("function", list(CELLS))
 @pytest.mark.parametrize("shape", WIDE_CASES, ids=lambda s: "B{}-T{}-N{}-D{}".format(*s))
 def test_multi_cta_cluster_wide_kernels_match_float64(shape, function, dtype, alongside, monkeypatch):
+    monkeypatch.setenv("FLASHRNN_WIDE", "1")
     monkeypatch.setenv("FLASHRNN_DR_ALONGSIDE", alongside)
     B, T, N, D = shape
     dt = DTYPES[dtype]

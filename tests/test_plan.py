@@ -216,11 +216,11 @@ def cluster_wide_plan(backward, function, dtype, B, N, D, device="H100 SXM (sm_9
 
 
 def test_every_accepted_cluster_wide_plan_fits_and_covers_the_problem():
-    # cluster_plan.h make_wide_plan (the sm_90 forward for heads beyond 16 CTAs of 32 units): 48
-    # units per CTA in 12 warps = 2 k-groups x 6 tiles, 16 rows; shared memory = the exchanged rows
-    # (forward: two h buffers; backward: one dg stage), one buffer of both k-groups' partial sums,
-    # then the k-steps of R (forward: a fragment per gate; backward: K = gates x D, one fragment)
-    # each warp does not hold in registers.
+    # cluster_plan.h make_wide_plan (the sm_90 kernels for heads beyond 16 CTAs of 32 units): 48
+    # units per CTA in 12 warps, 16 rows; forward warps = 2 k-groups x 6 tiles (a fragment per
+    # gate), backward 4 k-groups x 3 pairs of tiles (K = gates x D, two fragments); shared memory =
+    # the exchanged rows (forward: two h buffers; backward: one dg stage), one buffer of the
+    # k-groups' partial sums, then the k-steps of R each warp does not hold in registers.
     smem_block = DEVICES["H100 SXM (sm_90)"][0]
     accepted = set()
     for function, dtype, backward, B, N, D in itertools.product(
@@ -230,16 +230,17 @@ def test_every_accepted_cluster_wide_plan_fits_and_covers_the_problem():
             continue
         where = (function, dtype, backward, B, N, D)
         gates_r = CELLS[function].gates_r
-        width, tiles = (gates_r * D, 1) if backward else (D, gates_r)
+        width, frags, k_groups = (gates_r * D, 2, 4) if backward else (D, gates_r, 2)
+        columns = 48 if backward else gates_r * 48  # of the partial sums
         assert dtype != "float32" and D % 48 == 0 and p["size"] * 48 == D and 2 <= p["size"] <= 16, where
         assert p["groups"] * 16 >= B > (p["groups"] - 1) * 16 and p["heads"] == N and p["threads"] == 12 * 32, where
         assert p["a_row"] >= width * 2 and p["red_offset"] == (1 if backward else 2) * 16 * p["a_row"], where
-        assert p["red_stride"] % 32 == 8 and p["red_stride"] >= tiles * 48, where
-        assert p["r_offset"] == p["red_offset"] + 2 * 16 * p["red_stride"] * 4, where
-        half = (width // 16 + 1) // 2  # k-steps of a k-group; registers hold the first register_ksteps of them
-        in_smem = max(half - p["register_ksteps"], 0)
-        assert p["smem"] == p["r_offset"] + 12 * in_smem * tiles * 256 <= smem_block - RESERVE, where
-        assert p["register_ksteps"] * tiles * 2 <= 114, where  # 32-bit registers of R per thread
+        assert p["red_stride"] % 32 == 8 and p["red_stride"] >= columns, where
+        assert p["r_offset"] == p["red_offset"] + k_groups * 16 * p["red_stride"] * 4, where
+        part = -(-(width // 16) // k_groups)  # k-steps of a k-group; registers hold the first register_ksteps
+        in_smem = max(part - p["register_ksteps"], 0)
+        assert p["smem"] == p["r_offset"] + 12 * in_smem * frags * 256 <= smem_block - RESERVE, where
+        assert p["register_ksteps"] * frags * 2 <= 120, where  # 32-bit registers of R per thread
         accepted.add((function, backward, D))
     # issue 4's 768 x 1 row runs in one cluster of 16 for every cell in 16-bit types
     for function, backward in itertools.product(CELLS, (False, True)):

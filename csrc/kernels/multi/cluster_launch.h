@@ -21,11 +21,13 @@ inline bool disabled() {
 }
 
 // FLASHRNN_WIDE picks where the wide cluster kernels (cluster_plan.h make_wide_plan) may run:
-// unset or "1" both passes, "forward" or "backward" one of them, "0" neither (the L2 variant runs).
+// "1" both passes, "forward" or "backward" one of them, "0" neither (the L2 variant runs); unset:
+// where they measured faster than the L2 variant (kWideByDefault).
+constexpr bool kWideByDefault[2] = {false, false};  // forward, backward
 inline bool wide_allowed(bool backward) {
   const char* v = std::getenv("FLASHRNN_WIDE");
-  if (v == nullptr || std::strcmp(v, "") == 0 || std::strcmp(v, "1") == 0) return true;
-  return std::strcmp(v, backward ? "backward" : "forward") == 0;
+  if (v == nullptr || std::strcmp(v, "") == 0) return kWideByDefault[backward];
+  return std::strcmp(v, "1") == 0 || std::strcmp(v, backward ? "backward" : "forward") == 0;
 }
 
 // How many clusters of `size` CTAs of `kernel` (at config's block and shared-memory sizes) the

@@ -114,7 +114,12 @@ def main():
     os.environ["FLASHRNN_MULTI_L2"] = "1"
     ours("lstm cuda_fused (L2 variant)", "lstm", "cuda_fused", B, 3, 256, "bf16")
     ours("lstm cuda_fused (L2 variant)", "lstm", "cuda_fused", B, 1, 768, "bf16")
+    ours("lstm cuda_fused (L2 variant)", "lstm", "cuda_fused", 64, 1, 768, "fp16")
     del os.environ["FLASHRNN_MULTI_L2"]
+    # the wide cluster kernels (R partly in registers) where they are not the default (B <= 32)
+    os.environ["FLASHRNN_WIDE"] = "1"
+    ours("lstm cuda_fused (FLASHRNN_WIDE=1)", "lstm", "cuda_fused", B, 1, 768, "bf16")
+    del os.environ["FLASHRNN_WIDE"]
     for D, N in [(64, 12), (768, 1)]:
         ours("lstm cuda (alternating)", "lstm", "cuda", B, N, D, "bf16")
     for function in ("slstm", "gru", "elman"):

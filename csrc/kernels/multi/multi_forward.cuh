@@ -183,8 +183,8 @@ void launch_multi_forward(const ForwardParams& p, const DeviceLimits& device, cu
                                cplan))
     return;
   if constexpr (sizeof(T) == 2) {
-    if (cluster::wide_allowed(false) && cluster::make_wide_plan(cplan, false, Cell::kGatesR, sizeof(T), p.batch, p.heads, p.head_dim,
-                                device.smem_per_block) == nullptr &&
+    if (cluster::make_wide_plan(cplan, false, Cell::kGatesR, sizeof(T), p.batch, p.heads, p.head_dim,
+                                device.smem_per_block) == nullptr && cluster::wide_allowed(false, cplan.groups) &&
         cluster::launch_clusters(cluster_wide_forward_kernel<Cell, T>, cplan, device, stream,
                                  "cluster_wide_forward_kernel", p, cplan))
       return;

@@ -116,17 +116,8 @@ __global__ void __launch_bounds__(cluster::kThreads, 1)
     __syncthreads();  // partial sums complete
 
     if (pw) {
-      float2 rh_pair[kGr];  // R h_{t-1} at this thread's two units, summed over the k-groups
-#pragma unroll
-      for (int k = 0; k < kGr; ++k) rh_pair[k] = make_float2(0.f, 0.f);
-#pragma unroll
-      for (int j = 0; j < cluster::kForwardKGroups; ++j)
-#pragma unroll
-        for (int k = 0; k < kGr; ++k) {
-          const float2 v = *reinterpret_cast<const float2*>(red + (j * kRows + prow) * plan.red_stride + k * kU + 2 * pair);
-          rh_pair[k].x += v.x;
-          rh_pair[k].y += v.y;
-        }
+      float2 rh_pair[kGr];
+      multi::sum_gate_pairs<kGr, cluster::kForwardKGroups>(rh_pair, red, plan.red_stride, kU, prow, pair);
       cell.template step<Math>(rh_pair, p.forward_clip, clip);
       if (t < steps) {
         publish(t);

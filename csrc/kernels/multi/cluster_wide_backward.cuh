@@ -29,6 +29,7 @@
 #include "../weight_grad/alongside.cuh"
 #include "cluster_backward.cuh"
 #include "cluster_plan.h"
+#include "cluster_wide.cuh"
 #include "pointwise.cuh"
 
 namespace flashrnn {
@@ -103,8 +104,8 @@ __global__ void __launch_bounds__(cluster::kWideThreads, 1)
   float* const red = reinterpret_cast<float*>(smem + plan.red_offset);  // [k-group][row][unit]
   __shared__ uint64_t arrived[2];  // [0]: dg of every unit and valid row is in the stage ([1] unused)
   __shared__ uint32_t peer_base[cluster::kMaxSize];
-  if (tid < plan.size) peer_base[tid] = peer_smem(smem_addr(smem), uint32_t(tid));
-  start_cluster_exchange(stage, kRows * plan.a_row, arrived);  // (its cluster barrier also orders peer_base)
+  cluster::fill_peer_bases(peer_base, smem, plan.size);
+  start_cluster_exchange(stage, kRows * plan.a_row, arrived);
 
   const int prow = tid / (kU / 2), pair = tid % (kU / 2);
   const int64_t pb = b0 + prow, unit = u0 + 2 * pair;
@@ -120,24 +121,7 @@ __global__ void __launch_bounds__(cluster::kWideThreads, 1)
     if (tid == 0) mbar_arm(&arrived[0], step_bytes);
     mbar_wait(&arrived[0], unsigned(steps - s) & 1u, cluster::kMaxPolls);
     float acc[kTiles][kChains][4] = {};
-#pragma unroll
-    for (int i = 0; i < kRegKsteps; ++i) {
-      if (i >= count) break;
-      uint32_t a[4];
-      ldmatrix_x4(a, a_src + i * 32);
-#pragma unroll
-      for (int c = 0; c < kTiles; ++c) M::mma(acc[c][i % kChains], a, rreg[i][c], false);
-    }
-    for (int i = kRegKsteps; i < count; ++i) {
-      uint32_t a[4];
-      ldmatrix_x4(a, a_src + i * 32);
-#pragma unroll
-      for (int c = 0; c < kTiles; ++c) {
-        const uint2 v = rs[((i - kRegKsteps) * kTiles + c) * 32 + lane];
-        const uint32_t f[2] = {v.x, v.y};
-        M::mma(acc[c][i % kChains], a, f, false);
-      }
-    }
+    cluster::wide_products<M, kRegKsteps, kTiles, kChains>(acc, rreg, rs, a_src, count, lane);
     cluster_arrive();  // this CTA's warps are done with the stage once all have arrived
 #pragma unroll
     for (int c = 0; c < kTiles; ++c)
@@ -160,8 +144,7 @@ __global__ void __launch_bounds__(cluster::kWideThreads, 1)
       rec[1] += v.y;
     }
   };
-  // dg_t into the stage of every CTA of the cluster, in the stage's K order. The warps of the
-  // cluster start at different ranks (all starting at rank 0 sent one CTA everything at once).
+  // dg_t into the stage of every CTA of the cluster, in the stage's K order.
   const int first_rank = int((cluster_rank() + warp) % plan.size);
   auto publish = [&](const float (&dg)[2][kGb]) {
     if constexpr (kUnitMajor) {
@@ -172,10 +155,7 @@ __global__ void __launch_bounds__(cluster::kWideThreads, 1)
         for (int k = 0; k < kGr; ++k) v[u * kGr + k] = dg[u][k];
       uint32_t w[kGr];
       pack_words<T>(v, w);
-      for (int i = 0, rank = first_rank; i < plan.size; ++i, rank = rank + 1 < plan.size ? rank + 1 : 0) {
-        const uint32_t base = peer_base[rank];
-        st_async_words(base + dg_slot, base + bar_offset, w);
-      }
+      cluster::send_to_all(peer_base, plan.size, first_rank, dg_slot, bar_offset, w);
     } else {
       uint32_t w[kGr][1];
 #pragma unroll
@@ -183,11 +163,9 @@ __global__ void __launch_bounds__(cluster::kWideThreads, 1)
         const float v[2] = {dg[0][k], dg[1][k]};
         pack_words<T>(v, w[k]);
       }
-      for (int i = 0, rank = first_rank; i < plan.size; ++i, rank = rank + 1 < plan.size ? rank + 1 : 0) {
-        const uint32_t base = peer_base[rank];
 #pragma unroll
-        for (int k = 0; k < kGr; ++k) st_async_words(base + dg_slot + uint32_t(k * D * sizeof(T)), base + bar_offset, w[k]);
-      }
+      for (int k = 0; k < kGr; ++k)
+        cluster::send_to_all(peer_base, plan.size, first_rank, dg_slot + uint32_t(k * D * sizeof(T)), bar_offset, w[k]);
     }
   };
 

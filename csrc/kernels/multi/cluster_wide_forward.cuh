@@ -17,6 +17,7 @@
 #include "../cells/all_cells.cuh"
 #include "../common/device.cuh"
 #include "cluster_plan.h"
+#include "cluster_wide.cuh"
 #include "pointwise.cuh"
 
 namespace flashrnn {
@@ -52,7 +53,7 @@ __global__ void __launch_bounds__(cluster::kWideThreads, 1)
     auto load_fragment = [&](int ks, int k, uint32_t (&f)[2]) {
       M::load_b(f, r + ((k * N + n) * D + u0 + 8 * j) * D + int64_t(ks) * M::kK, D);
     };
-    uint32_t rreg[kRegKsteps > 0 ? kRegKsteps : 1][kGr][2];  // k-steps k0 .. k0 + kRegKsteps - 1
+    uint32_t rreg[kRegKsteps > 0 ? kRegKsteps : 1][kGr][2];  // k-steps k0 .. k0 + kRegKsteps - 1, every gate
 #pragma unroll
     for (int i = 0; i < kRegKsteps; ++i)
 #pragma unroll
@@ -74,10 +75,9 @@ __global__ void __launch_bounds__(cluster::kWideThreads, 1)
     unsigned char* hs = smem;  // [parity][row][a_row bytes]
     float* const red = reinterpret_cast<float*>(smem + plan.red_offset);  // [k-group][row][gate * 48 + unit]
     __shared__ uint64_t arrived[2];  // per hs parity: h of every unit and valid row is in
-    // The peers' shared-memory windows (mapa once, kept here rather than in 16 registers per thread).
     __shared__ uint32_t peer_base[cluster::kMaxSize];
-    if (tid < plan.size) peer_base[tid] = peer_smem(smem_addr(smem), uint32_t(tid));
-    start_cluster_exchange(hs, 2 * parity_bytes, arrived);  // (its cluster barrier also orders peer_base)
+    cluster::fill_peer_bases(peer_base, smem, plan.size);
+    start_cluster_exchange(hs, 2 * parity_bytes, arrived);
 
     // Pointwise threads: (row, unit pair) = (tid / 24, tid % 24), units u0 + 2 * pair and + 1.
     const int prow = tid / (kU / 2), pair = tid % (kU / 2);
@@ -86,17 +86,12 @@ __global__ void __launch_bounds__(cluster::kWideThreads, 1)
     const uint32_t h_slot = uint32_t(prow * plan.a_row + unit * int64_t(sizeof(T)));  // offset in the window
     const uint32_t bar_offset = smem_addr(&arrived[0]) - smem_addr(smem);
     multi::ForwardPair<Cell, T> cell(p, pb, n, unit, pw);
-    // The warps of the cluster start at different ranks (all starting at rank 0 sent one CTA
-    // everything at once).
     const int first_rank = int((cluster_rank() + warp) % plan.size);
     auto publish = [&](int64_t t) {
       uint32_t w[multi::kWordsPerPair<T>];
       cell.h_words(w);
-      const uint32_t at = h_slot + uint32_t(t & 1) * parity_bytes, bar = bar_offset + uint32_t(t & 1) * 8;
-      for (int i = 0, rank = first_rank; i < plan.size; ++i, rank = rank + 1 < plan.size ? rank + 1 : 0) {
-        const uint32_t base = peer_base[rank];
-        st_async_words(base + at, base + bar, w);
-      }
+      cluster::send_to_all(peer_base, plan.size, first_rank, h_slot + uint32_t(t & 1) * parity_bytes,
+                           bar_offset + uint32_t(t & 1) * 8, w);
     };
     const unsigned step_bytes = unsigned(valid_rows * D * int64_t(sizeof(T)));
     if (pw && steps > 0) {
@@ -111,45 +106,19 @@ __global__ void __launch_bounds__(cluster::kWideThreads, 1)
       if (tid == 0) mbar_arm(&arrived[par], step_bytes);
       mbar_wait(&arrived[par], unsigned((t - 1) >> 1) & 1u, cluster::kMaxPolls);  // h_{t-1} is here
       const uint32_t a_par = a_src + uint32_t(par) * parity_bytes;
-      float acc[kGr][4] = {};
-#pragma unroll
-      for (int i = 0; i < kRegKsteps; ++i) {
-        if (i >= count) break;
-        uint32_t a[4];
-        ldmatrix_x4(a, a_par + i * 32);
-#pragma unroll
-        for (int k = 0; k < kGr; ++k) M::mma(acc[k], a, rreg[i][k], false);
-      }
-      for (int i = kRegKsteps; i < count; ++i) {
-        uint32_t a[4];
-        ldmatrix_x4(a, a_par + i * 32);
-#pragma unroll
-        for (int k = 0; k < kGr; ++k) {
-          const uint2 v = rs[((i - kRegKsteps) * kGr + k) * 32 + lane];
-          const uint32_t f[2] = {v.x, v.y};
-          M::mma(acc[k], a, f, false);
-        }
-      }
+      float acc[kGr][1][4] = {};
+      cluster::wide_products<M, kRegKsteps, kGr, 1>(acc, rreg, rs, a_par, count, lane);
 #pragma unroll
       for (int k = 0; k < kGr; ++k)
 #pragma unroll
         for (int h = 0; h < 2; ++h)  // rows g and g + 8
           *reinterpret_cast<float2*>(red + (kg * kRows + g + 8 * h) * plan.red_stride + k * kU + 8 * j + 2 * q) =
-              make_float2(acc[k][2 * h], acc[k][2 * h + 1]);
+              make_float2(acc[k][0][2 * h], acc[k][0][2 * h + 1]);
       __syncthreads();  // partial sums complete
 
       if (pw) {
-        float2 rh_pair[kGr];  // R h_{t-1} at this thread's two units, summed over the k-groups
-#pragma unroll
-        for (int k = 0; k < kGr; ++k) rh_pair[k] = make_float2(0.f, 0.f);
-#pragma unroll
-        for (int s = 0; s < kKGroups; ++s)
-#pragma unroll
-          for (int k = 0; k < kGr; ++k) {
-            const float2 v = *reinterpret_cast<const float2*>(red + (s * kRows + prow) * plan.red_stride + k * kU + 2 * pair);
-            rh_pair[k].x += v.x;
-            rh_pair[k].y += v.y;
-          }
+        float2 rh_pair[kGr];
+        multi::sum_gate_pairs<kGr, kKGroups>(rh_pair, red, plan.red_stride, kU, prow, pair);
         cell.template step<Math>(rh_pair, p.forward_clip, clip);
         if (t < steps) {
           publish(t);

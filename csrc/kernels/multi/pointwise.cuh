@@ -12,6 +12,23 @@ namespace flashrnn::multi {
 // 32-bit words of a unit pair of h: one for two 16-bit values, two for two fp32 values.
 template <class T> constexpr int kWordsPerPair = sizeof(T) == 4 ? 2 : 1;
 
+// R h_{t-1} of every gate at a pointwise thread's two units: the sum of the k-groups' partial sums
+// in red ([k-group][16 rows][gate * units + unit], `stride` floats per row) at row `row`, unit 2 pair.
+template <int kGr, int kKGroups>
+__device__ __forceinline__ void sum_gate_pairs(float2 (&rh)[kGr], const float* red, int stride, int units, int row,
+                                               int pair) {
+#pragma unroll
+  for (int k = 0; k < kGr; ++k) rh[k] = make_float2(0.f, 0.f);
+#pragma unroll
+  for (int s = 0; s < kKGroups; ++s)
+#pragma unroll
+    for (int k = 0; k < kGr; ++k) {
+      const float2 v = *reinterpret_cast<const float2*>(red + (s * 16 + row) * stride + k * units + 2 * pair);
+      rh[k].x += v.x;
+      rh[k].y += v.y;
+    }
+}
+
 template <class Cell, class T>
 struct ForwardPair {
   static constexpr int kGr = Cell::kGatesR, kGw = Cell::kGatesW, kGb = Cell::kGatesB;

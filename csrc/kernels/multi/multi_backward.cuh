@@ -297,9 +297,9 @@ multi::BackwardLaunch multi_backward_launch(const BackwardParams& p, const Devic
 }
 
 // The cluster variant where it runs (see launch_multi_forward), else its wide form, else the L2
-// variant; the weight gradients alongside the L2 variant where it has CTAs for them, else after it. Workspace: the
-// weight-gradient sums (weight_grad.cuh's partials or alongside.cuh's running sums), then the L2
-// variant's progress counters.
+// variant; the weight gradients alongside the wide form or the L2 variant where the device has CTAs
+// for them, else after it. Workspace: the weight-gradient sums (weight_grad.cuh's partials or
+// alongside.cuh's running sums), then the progress counters (the L2 variant's layout).
 template <class Cell, class T>
 void launch_multi_backward(const BackwardParams& p, const DeviceLimits& device, cudaStream_t stream) {
   cluster::Plan cplan;

@@ -143,25 +143,8 @@ PYBIND11_MODULE(_C, m) {
     d["flag_words"] = multi::flag_words(batch, heads, head_dim, esize);
     return d;
   }, "the multi-CTA kernels' plan for the given device limits (pure arithmetic, no GPU), or {'why': ...}");
-  m.def("cluster_plan", [](bool backward, int gates_r, int esize, int64_t batch, int64_t heads, int64_t head_dim,
-                           int smem_per_block) {
-    flashrnn::cluster::Plan p;
-    const char* why =
-        flashrnn::cluster::make_plan(p, backward, gates_r, esize, batch, heads, head_dim, smem_per_block);
-    py::dict d;
-    if (why != nullptr) {
-      d["why"] = std::string(why);
-      return d;
-    }
-    d["size"] = p.size; d["groups"] = p.groups; d["heads"] = p.heads; d["a_row"] = p.a_row;
-    d["red_stride"] = p.red_stride; d["red_offset"] = p.red_offset; d["r_offset"] = p.r_offset; d["smem"] = p.smem;
-    return d;
-  }, "the sm_90 cluster variant's plan of the multi-CTA family (pure arithmetic), or {'why': ...}");
-  m.def("cluster_wide_plan", [](bool backward, int gates_r, int esize, int64_t batch, int64_t heads, int64_t head_dim,
-                                int smem_per_block) {
-    flashrnn::cluster::Plan p;
-    const char* why =
-        flashrnn::cluster::make_wide_plan(p, backward, gates_r, esize, batch, heads, head_dim, smem_per_block);
+  // A cluster plan as a dict, or {'why': ...} where make_plan / make_wide_plan refused the shape.
+  auto cluster_plan_dict = [](const flashrnn::cluster::Plan& p, const char* why) {
     py::dict d;
     if (why != nullptr) {
       d["why"] = std::string(why);
@@ -169,7 +152,20 @@ PYBIND11_MODULE(_C, m) {
     }
     d["size"] = p.size; d["groups"] = p.groups; d["heads"] = p.heads; d["threads"] = p.threads; d["a_row"] = p.a_row;
     d["red_stride"] = p.red_stride; d["red_offset"] = p.red_offset; d["r_offset"] = p.r_offset; d["smem"] = p.smem;
-    d["register_ksteps"] = flashrnn::cluster::wide_register_ksteps(backward, gates_r);
+    return d;
+  };
+  m.def("cluster_plan", [cluster_plan_dict](bool backward, int gates_r, int esize, int64_t batch, int64_t heads,
+                                            int64_t head_dim, int smem_per_block) {
+    flashrnn::cluster::Plan p;
+    return cluster_plan_dict(
+        p, flashrnn::cluster::make_plan(p, backward, gates_r, esize, batch, heads, head_dim, smem_per_block));
+  }, "the sm_90 cluster variant's plan of the multi-CTA family (pure arithmetic), or {'why': ...}");
+  m.def("cluster_wide_plan", [cluster_plan_dict](bool backward, int gates_r, int esize, int64_t batch, int64_t heads,
+                                                 int64_t head_dim, int smem_per_block) {
+    flashrnn::cluster::Plan p;
+    py::dict d = cluster_plan_dict(
+        p, flashrnn::cluster::make_wide_plan(p, backward, gates_r, esize, batch, heads, head_dim, smem_per_block));
+    if (!d.contains("why")) d["register_ksteps"] = flashrnn::cluster::wide_register_ksteps(backward, gates_r);
     return d;
   }, "the sm_90 wide cluster kernels' plan (48 units per CTA, R partly in registers), or {'why': ...}");
   m.def("forward_workspace_floats", [](int family, int cell, int dtype, int64_t b, int64_t n, int64_t d) {

@@ -52,6 +52,26 @@ int max_active_clusters(void (*kernel)(Params...), cudaLaunchConfig_t& config, c
   return clusters;
 }
 
+// Prepares `kernel` and `config` for clusters of plan.size CTAs of plan.threads with `smem` bytes
+// each over (size, groups + worker_groups, heads), and returns how many such clusters the device
+// holds at once (config's only attribute: the cluster dimension in `attr`); 0 where clusters cannot
+// run: below sm_90, FLASHRNN_MULTI_L2, no cluster above 8 on this device or driver.
+template <class... Params>
+int resident_clusters(void (*kernel)(Params...), const Plan& plan, const DeviceLimits& device, int smem,
+                      cudaLaunchConfig_t& config, cudaLaunchAttribute& attr) {
+  if (device.cc_major < 9 || disabled()) return 0;
+  FLASHRNN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  if (plan.size > 8 && cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) != cudaSuccess) {
+    (void)cudaGetLastError();  // this device or driver allows no cluster above 8
+    return 0;
+  }
+  config = {};
+  config.gridDim = dim3(unsigned(plan.size), unsigned(plan.groups + plan.worker_groups), unsigned(plan.heads));
+  config.blockDim = dim3(unsigned(plan.threads));
+  config.dynamicSmemBytes = size_t(smem);
+  return max_active_clusters(kernel, config, attr, plan.size);
+}
+
 // Launches `kernel` over (size, groups, heads) CTAs in clusters of plan.size on `stream`. Returns
 // false, launching nothing, where clusters cannot run: below sm_90, or where the device cannot
 // hold one such cluster (e.g. 16 CTAs of this shared memory size).
@@ -61,20 +81,11 @@ int max_active_clusters(void (*kernel)(Params...), cudaLaunchConfig_t& config, c
 template <class... Params, class... Args>
 bool launch_clusters(void (*kernel)(Params...), const Plan& plan, const DeviceLimits& device, cudaStream_t stream,
                      const char* name, const Args&... args) {
-  if (device.cc_major < 9 || disabled()) return false;
-  FLASHRNN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, plan.smem));
-  if (plan.size > 8 && cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) != cudaSuccess) {
-    (void)cudaGetLastError();  // this device or driver allows no cluster above 8
-    return false;
-  }
-  cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(unsigned(plan.size), unsigned(plan.groups + plan.worker_groups), unsigned(plan.heads));
-  config.blockDim = dim3(unsigned(plan.threads));
-  config.dynamicSmemBytes = size_t(plan.smem);
-  config.stream = stream;
+  cudaLaunchConfig_t config;
   cudaLaunchAttribute attrs[2];  // the cluster dimension, cooperative
-  const int resident = max_active_clusters(kernel, config, attrs[0], plan.size);
+  const int resident = resident_clusters(kernel, plan, device, plan.smem, config, attrs[0]);
   if (resident < 1) return false;
+  config.stream = stream;
   if (plan.worker_groups > 0) {
     FLASHRNN_CHECK(resident >= (plan.groups + plan.worker_groups) * plan.heads, name << ": the workers alongside do not fit");
     attrs[1].id = cudaLaunchAttributeCooperative;
@@ -93,20 +104,11 @@ bool launch_clusters(void (*kernel)(Params...), const Plan& plan, const DeviceLi
 template <class... Params>
 void plan_workers(void (*kernel)(Params...), Plan& plan, const DeviceLimits& device, int min_ctas, int min_smem) {
   plan.worker_groups = 0;
-  if (device.cc_major < 9 || disabled()) return;
   const int smem = plan.smem > min_smem ? plan.smem : min_smem;
   if (smem > device.smem_per_block - fused::kSmemReserve) return;
-  FLASHRNN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-  if (plan.size > 8 && cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) != cudaSuccess) {
-    (void)cudaGetLastError();
-    return;
-  }
-  cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(unsigned(plan.size), unsigned(plan.groups), unsigned(plan.heads));
-  config.blockDim = dim3(unsigned(plan.threads));
-  config.dynamicSmemBytes = size_t(smem);
+  cudaLaunchConfig_t config;
   cudaLaunchAttribute attr;
-  const int rows = max_active_clusters(kernel, config, attr, plan.size) / plan.heads - plan.groups;
+  const int rows = resident_clusters(kernel, plan, device, smem, config, attr) / plan.heads - plan.groups;
   if (rows < 1 || rows * plan.heads * plan.size < min_ctas) return;
   plan.worker_groups = rows;
   plan.smem = smem;

@@ -6,6 +6,18 @@
 
 namespace flashrnn::cluster {
 
+// Warp `kg`'s k-steps of a wide kernel: [first, first + count) of `ksteps`, and the k-steps per
+// warp that its shared-memory fragments are laid out for (wide_part minus those in registers).
+struct WideSlice {
+  int first, count, in_smem;
+  __device__ WideSlice(int ksteps, bool backward, int kg, int register_ksteps) {
+    const int part = wide_part(ksteps, backward);
+    first = kg * part;
+    count = ksteps - first < part ? (ksteps - first > 0 ? ksteps - first : 0) : part;
+    in_smem = part - register_ksteps > 0 ? part - register_ksteps : 0;
+  }
+};
+
 // One warp's products over its k-steps [0, count): A (16 rows) by ldmatrix at a_src + 32 i, kFrags
 // B fragments per k-step, from registers (rreg) for i < kReg, else from shared memory (rs:
 // [k-step - kReg][fragment][lane]); fragment c of k-step i adds into acc[c][i % kChains].

@@ -73,8 +73,10 @@ __global__ void __launch_bounds__(cluster::kWideThreads, 1)
   // This warp's k-steps [k0, k0 + count) and tiles j0 + c; B fragment of tile j at k-step ks:
   // element (kk, jj) = R[k, n, i, u0 + 8 j + jj] for (unit i, gate k) at K = 16 ks + kk.
   const int kg = warp / (cluster::kWideTiles / kTiles), j0 = warp % (cluster::kWideTiles / kTiles) * kTiles;
-  const int part = (ksteps + kKGroups - 1) / kKGroups, k0 = kg * part;
-  const int count = ksteps - k0 < part ? (ksteps - k0 > 0 ? ksteps - k0 : 0) : part;
+  const cluster::WideSlice slice(ksteps, true, kg, kRegKsteps);
+  const int k0 = slice.first, count = slice.count;
+  uint32_t rreg[kRegKsteps > 0 ? kRegKsteps : 1][kTiles][2];  // k-steps k0 .. k0 + kRegKsteps - 1
+  uint2* rs = reinterpret_cast<uint2*>(smem + plan.r_offset) + warp * slice.in_smem * kTiles * 32;  // [warp][k-step - kRegKsteps][tile][lane]
   auto load_fragment = [&](int ks, int j, uint32_t (&f)[2]) {
     cluster::fragment_from<T>(f, lane, [&](int kk, int jj) {
       const int64_t K = int64_t(ks) * M::kK + kk;
@@ -82,7 +84,6 @@ __global__ void __launch_bounds__(cluster::kWideThreads, 1)
       return r[((gate * N + n) * D + unit_i) * D + u0 + 8 * j + jj];
     });
   };
-  uint32_t rreg[kRegKsteps > 0 ? kRegKsteps : 1][kTiles][2];  // k-steps k0 .. k0 + kRegKsteps - 1
 #pragma unroll
   for (int i = 0; i < kRegKsteps; ++i)
 #pragma unroll
@@ -90,8 +91,6 @@ __global__ void __launch_bounds__(cluster::kWideThreads, 1)
       rreg[i][c][0] = rreg[i][c][1] = 0u;
       if (recurrent && i < count) load_fragment(k0 + i, j0 + c, rreg[i][c]);
     }
-  const int in_smem = part - kRegKsteps > 0 ? part - kRegKsteps : 0;
-  uint2* rs = reinterpret_cast<uint2*>(smem + plan.r_offset) + warp * in_smem * kTiles * 32;  // [warp][k-step - kRegKsteps][tile][lane]
   for (int i = kRegKsteps; i < count && recurrent; ++i)
 #pragma unroll
     for (int c = 0; c < kTiles; ++c) {

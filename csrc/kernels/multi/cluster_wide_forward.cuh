@@ -47,12 +47,12 @@ __global__ void __launch_bounds__(cluster::kWideThreads, 1)
   // k-step ks: element (kk, i) = R[k, n, u0 + 8 j + i, 16 ks + kk].
   constexpr int kKGroups = cluster::wide_kgroups(false);
   const int kg = warp / cluster::kWideTiles, j = warp % cluster::kWideTiles;
-  const int half = int(D / M::kK + kKGroups - 1) / kKGroups, k0 = kg * half;
-  const int count = int(D / M::kK) - k0 < half ? int(D / M::kK) - k0 : half;
+  const cluster::WideSlice slice(int(D / M::kK), false, kg, kRegKsteps);
+  const int k0 = slice.first, count = slice.count;
+  uint32_t rreg[kRegKsteps > 0 ? kRegKsteps : 1][kGr][2];  // k-steps k0 .. k0 + kRegKsteps - 1, every gate
   auto load_fragment = [&](int ks, int k, uint32_t (&f)[2]) {
     M::load_b(f, r + ((k * N + n) * D + u0 + 8 * j) * D + int64_t(ks) * M::kK, D);
   };
-  uint32_t rreg[kRegKsteps > 0 ? kRegKsteps : 1][kGr][2];  // k-steps k0 .. k0 + kRegKsteps - 1, every gate
 #pragma unroll
   for (int i = 0; i < kRegKsteps; ++i)
 #pragma unroll
@@ -60,9 +60,7 @@ __global__ void __launch_bounds__(cluster::kWideThreads, 1)
       rreg[i][k][0] = rreg[i][k][1] = 0u;
       if (i < count) load_fragment(k0 + i, k, rreg[i][k]);
     }
-  // The other k-steps in shared memory: [warp][k-step - kRegKsteps][gate][lane].
-  const int in_smem = half - kRegKsteps > 0 ? half - kRegKsteps : 0;
-  uint2* rs = reinterpret_cast<uint2*>(smem + plan.r_offset) + warp * in_smem * kGr * 32;
+  uint2* rs = reinterpret_cast<uint2*>(smem + plan.r_offset) + warp * slice.in_smem * kGr * 32;  // [warp][k-step - kRegKsteps][gate][lane]
   for (int i = kRegKsteps; i < count; ++i)
 #pragma unroll
     for (int k = 0; k < kGr; ++k) {

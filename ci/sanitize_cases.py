@@ -9,7 +9,10 @@ exchanging through L2 (and in bf16 too with FLASHRNN_MULTI_L2=1, the last two ca
 the L2 variant stages the exchanged rows with multicast bulk copies in clusters of 16 CTAs, and
 with FLASHRNN_MULTICAST=0 (the last case) with per-CTA copies as on sm_80/86. Head dim 768 (bf16)
 runs the L2 variant's backward with CTAs of dR and db alongside its recurrence (lstm and slstm on
-an H100). `python ci/sanitize_cases.py 768` runs only the cases of that head dim."""
+an H100), and with FLASHRNN_WIDE=1 the wide cluster kernels (sm_90: 16 CTAs of 48 units, R partly
+in registers, dR and db alongside). Head dim 1024 x 3 heads runs the L2 variant in two waves of
+launches (two heads, then one). `python ci/sanitize_cases.py 768` runs only the cases of that head
+dim."""
 import os
 import sys
 
@@ -17,17 +20,19 @@ import torch
 
 import flashrnn
 
-CASES = [("cuda_fused", 48, 2, "", ""), ("cuda_fused", 16, 48, "", ""), ("cuda", 48, 2, "", ""),
-         ("cuda_fused", 256, 2, "", ""), ("cuda_fused", 256, 2, "1", ""), ("cuda_fused", 256, 2, "1", "0"),
-         ("cuda_fused", 768, 1, "", "")]
+# (backend, head dim, heads, FLASHRNN_MULTI_L2, FLASHRNN_MULTICAST, FLASHRNN_WIDE)
+CASES = [("cuda_fused", 48, 2, "", "", ""), ("cuda_fused", 16, 48, "", "", ""), ("cuda", 48, 2, "", "", ""),
+         ("cuda_fused", 256, 2, "", "", ""), ("cuda_fused", 256, 2, "1", "", ""), ("cuda_fused", 256, 2, "1", "0", ""),
+         ("cuda_fused", 768, 1, "", "", ""), ("cuda_fused", 768, 1, "", "", "1"), ("cuda_fused", 1024, 3, "", "", "")]
 only = [int(d) for d in sys.argv[1:]]
 for function in flashrnn.CELLS:
-    for backend, D, N, multi_l2, multicast in CASES:
+    for backend, D, N, multi_l2, multicast, wide in CASES:
         if only and D not in only:
             continue
         os.environ["FLASHRNN_MULTI_L2"] = multi_l2
         os.environ["FLASHRNN_MULTICAST"] = multicast
-        for dtype in (torch.bfloat16,) if D == 768 else (torch.bfloat16, torch.float32):
+        os.environ["FLASHRNN_WIDE"] = wide
+        for dtype in (torch.bfloat16,) if D >= 768 else (torch.bfloat16, torch.float32):
             spec = flashrnn.CELLS[function]
             g = torch.Generator(device="cpu").manual_seed(0)
             Wx = torch.randn(19, 5, spec.gates_w, N, D, generator=g).to("cuda", dtype).requires_grad_()
@@ -36,4 +41,4 @@ for function in flashrnn.CELLS:
             states, last = flashrnn.flashrnn(Wx, R, b, function=function, backend=backend)
             (states.float().sum() + last.float().sum()).backward()
             torch.cuda.synchronize()
-            print(f"{function} {backend} N={N} D={D} {dtype}{' (L2 variant)' if multi_l2 else ''}{' (no multicast)' if multicast else ''}: ok", flush=True)
+            print(f"{function} {backend} N={N} D={D} {dtype}{' (L2 variant)' if multi_l2 else ''}{' (no multicast)' if multicast else ''}{' (wide)' if wide else ''}: ok", flush=True)

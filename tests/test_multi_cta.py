@@ -42,6 +42,7 @@ def assert_multi(function, dtype, B, N, D):
 MULTI_GRID = [
     (1, 7, 1, 256), (16, 7, 2, 384), (64, 7, 3, 256), (3, 1, 1, 512), (16, 1024, 1, 768),
     (1, 7, 1, 1024), (16, 7, 1, 2048), (64, 7, 1, 768), (1, 1024, 3, 256), (16, 7, 2, 1024),
+    (64, 7, 3, 2048), (64, 1, 2, 1024),  # in waves (test_multi_cta_waves_match_float64)
 ]
 
 
@@ -229,6 +230,71 @@ def test_multi_cta_producer_warp_matches_float64_and_the_warps_without_it(functi
     second = run_with_grads(function, "cuda_fused", inputs, weights)
     for a, b in zip([first[0], first[2][0], first[2][3]], [second[0], second[2][0], second[2][3]]):
         assert (a is None and b is None) or torch.equal(a, b), "results differ with and without the producer warp"
+
+
+@pytest.mark.parametrize("function", list(CELLS))
+def device_plan(function, dtype, B, N, D, backward):
+    props = torch.cuda.get_device_properties(torch.cuda.current_device())
+    ring = props.major >= 9 and os.environ.get("FLASHRNN_MULTICAST") != "0"
+    return _core._C.multi_plan(
+        backward, CELLS[function].gates_r, 4 if dtype == torch.float32 else 2, B, N, D,
+        props.shared_memory_per_block_optin, props.shared_memory_per_multiprocessor, props.multi_processor_count, ring)
+
+
+def cuda_kernel_counts(run):
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        run()
+        torch.cuda.synchronize()
+    return {e.key: e.count for e in prof.key_averages()}
+
+
+# Heads and batch groups in waves (plan.h): shapes whose CTAs do not all fit the device at once run
+# as launches one after another, each over the (head, batch group) pairs that fit. On an H100:
+# 2048 x 1 B = 64 one batch group per wave (4 waves); 1024 x 3 B = 16 two heads, then one; 512 x 12
+# B = 2 four heads per wave; 1536 x 2 B = 64 the forward at 16 rows per CTA (32 do not fit two per
+# SM); 512 x 3 B = 33 in fp32. The L2 variant is forced (512's forward would run in clusters).
+WAVE_CASES = [(64, 7, 1, 2048, "bfloat16"), (16, 7, 3, 1024, "float16"), (2, 7, 12, 512, "bfloat16"),
+              (64, 5, 2, 1536, "bfloat16"), (33, 7, 3, 512, "float32")]
+
+
+@pytest.mark.parametrize("function", list(CELLS))
+@pytest.mark.parametrize("case", WAVE_CASES, ids=lambda c: "B{}-T{}-N{}-D{}-{}".format(*c))
+def test_multi_cta_waves_match_float64(case, function, monkeypatch):
+    monkeypatch.setenv("FLASHRNN_MULTI_L2", "1")
+    B, T, N, D, dtype = case
+    dt = DTYPES[dtype]
+    assert_multi(function, dt, B, N, D)
+    waves = [device_plan(function, dt, B, N, D, backward)["waves"] for backward in (False, True)]
+    if torch.cuda.get_device_properties(0).multi_processor_count == 132:
+        assert min(waves) > 1, waves
+    inputs, _, _, weights = float64_reference(function, B, T, N, D, dt, "random", 17)
+    counts = cuda_kernel_counts(lambda: run_with_grads(function, "cuda_fused", inputs, weights))
+    launched = [sum(c for k, c in counts.items() if f"multi_{kernel}_kernel" in k) for kernel in ("forward", "backward")]
+    assert launched == waves, (launched, waves, counts)
+    check_against_reference(function, "cuda_fused", dt, B, T, N, D)
+    first = run_with_grads(function, "cuda_fused", inputs, weights)
+    again = run_with_grads(function, "cuda_fused", inputs, weights)
+    for a, b in zip([first[0], *first[2]], [again[0], *again[2]]):
+        assert (a is None and b is None) or torch.equal(a, b), "results differ between two runs"
+
+
+def test_multi_cta_wide_kernels_run_heads_the_l2_variant_runs_in_waves(monkeypatch):
+    # 768 x 3 at B = 16: three wide clusters at once, where the L2 variant needs two waves (288 CTAs)
+    monkeypatch.delenv("FLASHRNN_WIDE", raising=False)
+    monkeypatch.delenv("FLASHRNN_MULTI_L2", raising=False)
+    B, T, N, D = 16, 9, 3, 768
+    assert_multi("lstm", torch.bfloat16, B, N, D)
+    if torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("clusters need sm_90")
+    assert device_plan("lstm", torch.bfloat16, B, N, D, False)["waves"] > 1
+    inputs, _, _, weights = float64_reference("lstm", B, T, N, D, torch.bfloat16, "random", 19)
+    names = cuda_kernel_names(lambda: run_with_grads("lstm", "cuda_fused", inputs, weights))
+    assert "cluster_wide_forward_kernel" in names and "cluster_wide_backward_kernel" in names, names
+    check_against_reference("lstm", "cuda_fused", torch.bfloat16, B, T, N, D)
+    monkeypatch.setenv("FLASHRNN_WIDE", "0")  # the L2 variant in waves
+    names = cuda_kernel_names(lambda: run_with_grads("lstm", "cuda_fused", inputs, weights))
+    assert "cluster_wide" not in names and "multi_forward_kernel" in names, names
+    check_against_reference("lstm", "cuda_fused", torch.bfloat16, B, T, N, D)
 
 
 @pytest.mark.parametrize("function", list(CELLS))

@@ -1,8 +1,9 @@
 """The multi-CTA kernels' plan (csrc/kernels/multi/plan.h), checked without a GPU: it is pure
 arithmetic on the device's limits, exposed as flashrnn._C.multi_plan. For the limits of the GPUs
-we target, every accepted plan must fit the device (all CTAs resident at once, shared memory per
-CTA and per SM), cover the batch and the head exactly, and agree with the workspace sizes the ops
-allocate; and the head-dim limits the docs state must follow from it."""
+we target, every accepted plan must fit the device (all CTAs of a launch resident at once, shared
+memory per CTA and per SM), cover the batch and the heads exactly (in waves of launches where they
+do not fit at once), and fit the workspace sizes the ops allocate; and the head-dim limits the
+docs state must follow from it."""
 from __future__ import annotations
 
 import itertools
@@ -37,7 +38,7 @@ def plan(backward, function, dtype, B, N, D, device, ring=None):
 @pytest.mark.parametrize("device", list(DEVICES))
 def test_every_accepted_plan_fits_the_device_and_covers_the_problem(device):
     smem_block, smem_sm, sms = DEVICES[device]
-    accepted = 0
+    accepted = waves = 0
     for function, dtype, backward, B, N, D in itertools.product(
             CELLS, ESIZE, (False, True), (1, 3, 16, 17, 64, 256), (1, 2, 3, 12), range(256, 4097, 128)):
         p = plan(backward, function, dtype, B, N, D, device)
@@ -49,7 +50,12 @@ def test_every_accepted_plan_fits_the_device_and_covers_the_problem(device):
         assert p["mt"] in (1, 2, 4), where
         assert p["slices"] * 8 == D and p["heads"] == N, where
         assert p["groups"] * rows >= B > (p["groups"] - 1) * rows, where
-        assert p["ctas"] == p["slices"] * p["groups"] * N, where
+        # a launch (wave) runs a rectangle of batch groups x heads: several heads only with all
+        # their groups; the waves tile every (head, batch group) once
+        assert 1 <= p["wave_groups"] <= p["groups"] and 1 <= p["wave_heads"] <= N, where
+        assert p["wave_heads"] == 1 or p["wave_groups"] == p["groups"], where
+        assert p["waves"] == math.ceil(p["groups"] / p["wave_groups"]) * math.ceil(N / p["wave_heads"]), where
+        assert p["ctas"] == p["slices"] * p["wave_groups"] * p["wave_heads"], where
         per_sm = math.ceil(p["ctas"] / sms)
         assert per_sm <= MAX_PER_SM, where
         assert p["smem"] <= smem_block - RESERVE, where
@@ -67,23 +73,49 @@ def test_every_accepted_plan_fits_the_device_and_covers_the_problem(device):
         assert 1 <= p["slots"] <= (3 if backward and "sm_90" in device else 1) and p["a_row"] >= p["chunk_k"] * ESIZE[dtype], where
         assert p["red_offset"] == p["slots"] * rows * p["a_row"], where
         assert p["red_offset"] <= OPERAND_BUDGET or p["resident"] == ksteps, where
-        # the ops' workspaces (exchange words, one flag per CTA) match the plan's padding
-        assert p["exchange_words"] == 2 * N * p["groups"] * rows * D * ESIZE[dtype] // 4, where
-        assert p["flag_words"] == p["ctas"], where
-    assert accepted > 500
+        # the ops' workspaces (exchange words, one flag per CTA of every wave) hold the plan's padding
+        assert p["exchange_words"] >= 2 * N * p["groups"] * rows * D * ESIZE[dtype] // 4, where
+        assert p["flag_words"] >= N * p["groups"] * p["slices"], where
+        waves += p["waves"] > 1
+    assert accepted > 500 and waves > 100
 
 
 def test_h100_head_dim_limits_stated_in_the_docs():
-    # README and `python -m flashrnn info`: at batch 16, one head, on an H100 the largest head dim
-    # that runs fused forward and backward is 2112 in bf16/fp16 for every cell, 1408 in fp32 for
-    # LSTM, GRU and sLSTM, 1536 for Elman.
+    # README and `python -m flashrnn info`: on an H100 the largest head dim that runs fused forward
+    # and backward is 2112 in bf16/fp16 for every cell, 1408 in fp32 for LSTM, GRU and sLSTM, 1536
+    # for Elman; at every batch size and head count (in waves where they do not fit at once), and
+    # every multiple of 16 up to it runs.
     expected = {("bfloat16", f): 2112 for f in CELLS} | {("float16", f): 2112 for f in CELLS}
     expected |= {("float32", "lstm"): 1408, ("float32", "gru"): 1408, ("float32", "slstm"): 1408,
                  ("float32", "elman"): 1536}
+    h100 = "H100 SXM (sm_90)"
     for (dtype, function), limit in expected.items():
         fits = [D for D in range(256, 8193, 64)
-                if all("why" not in plan(bw, function, dtype, 16, 1, D, "H100 SXM (sm_90)") for bw in (False, True))]
+                if all("why" not in plan(bw, function, dtype, 16, 1, D, h100) for bw in (False, True))]
         assert max(fits) == limit, (dtype, function, max(fits))
+        for B, N, D in itertools.product((1, 17, 64, 256), (1, 2, 3, 12), list(range(256, limit + 1, 176)) + [limit]):
+            for backward in (False, True):
+                assert "why" not in plan(backward, function, dtype, B, N, D, h100), (function, dtype, B, N, D, backward)
+
+
+def test_waves_where_the_ctas_do_not_fit_at_once():
+    h100 = "H100 SXM (sm_90)"
+    # 2048 x 1 at B = 64: 256 CTAs (two per SM) per batch group of 16 rows, one group per wave
+    p = plan(False, "lstm", "bfloat16", 64, 1, 2048, h100)
+    assert (p["mt"], p["groups"], p["wave_groups"], p["wave_heads"], p["waves"]) == (1, 4, 1, 1, 4), p
+    # 512 x 12 at B = 2: 64 CTAs per head, four heads per wave
+    p = plan(True, "gru", "bfloat16", 2, 12, 512, h100)
+    assert (p["groups"], p["wave_groups"], p["wave_heads"], p["waves"], p["ctas"]) == (1, 1, 4, 3, 256), p
+    # 1024 x 3 at B = 64: two batch groups of 32 rows per wave, one head
+    p = plan(True, "lstm", "float16", 64, 3, 1024, h100)
+    assert (p["mt"], p["groups"], p["wave_groups"], p["wave_heads"], p["waves"]) == (2, 2, 2, 1, 3), p
+    # 1536 forward at B = 64: 32 rows of h (98 KB) beside the reduction buffer do not fit two CTAs
+    # per SM, and 192 CTAs need two per SM: 16 rows per CTA instead, in four waves
+    p = plan(False, "lstm", "bfloat16", 64, 1, 1536, h100)
+    assert (p["mt"], p["groups"], p["wave_groups"], p["waves"]) == (1, 4, 1, 4), p
+    # shapes that fit at once keep one launch
+    for B, N, D in [(16, 1, 768), (64, 1, 768), (16, 3, 256), (16, 1, 2112)]:
+        assert plan(False, "lstm", "bfloat16", B, N, D, h100)["waves"] == 1, (B, N, D)
 
 
 def test_the_issue_shapes_run_multi_cta_on_an_h100():
@@ -116,8 +148,8 @@ def test_backward_stages_chunks_in_a_ring_on_an_h100():
 
 
 def test_refusals_say_why():
-    p = plan(False, "lstm", "bfloat16", 2, 12, 512, "H100 SXM (sm_90)")  # 768 CTAs
-    assert "do not fit the GPU at once" in p["why"]
+    p = plan(False, "lstm", "bfloat16", 2, 1, 2176, "H100 SXM (sm_90)")  # 272 CTAs for one head
+    assert "one head's CTAs for one batch group do not fit the GPU at once" in p["why"]
     p = plan(False, "lstm", "float32", 16, 1, 8192, "H100 SXM (sm_90)")  # 16 rows of h: 512 KB
     assert "too large" in p["why"]
     p = plan(False, "lstm", "bfloat16", 16, 1, 250, "H100 SXM (sm_90)")

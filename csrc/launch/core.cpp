@@ -143,7 +143,7 @@ int64_t forward_workspace_floats(Family family, CellKind cell, DType dtype, int6
   // the multi-CTA one needs its h exchange and progress flags (32-bit words).
   if (family == Family::kMulti) {
     const int esize = element_size(dtype);
-    return multi::exchange_words(batch, heads, head_dim, esize) + multi::flag_words(batch, heads, head_dim, esize);
+    return multi::exchange_words(batch, heads, head_dim, esize) + multi::flag_words(batch, heads, head_dim);
   }
   return family == Family::kAlternating ? info_of(cell).states * batch * heads * head_dim : 0;
 }
@@ -157,7 +157,7 @@ int64_t backward_workspace_floats(Family family, CellKind cell, DType dtype, int
           : weight_grad::scratch_floats(steps * batch, c.gates_r, c.gates_b, heads, head_dim);
   const int64_t carry = family == Family::kAlternating ? c.states * batch * heads * head_dim : 0;
   const int64_t flags =
-      family == Family::kMulti ? multi::flag_words(batch, heads, head_dim, element_size(dtype)) : 0;
+      family == Family::kMulti ? multi::flag_words(batch, heads, head_dim) : 0;
   return carry + partials + flags;
 }
 

@@ -21,15 +21,17 @@ inline bool disabled() {
 }
 
 // Whether the wide cluster kernels (cluster_plan.h make_wide_plan) run a plan of `groups` batch
-// groups. Unset FLASHRNN_WIDE: from kWideMinGroups groups on, where they measured faster than the
-// L2 variant (H100, LSTM 768 x 1 bf16 fw / fwbw ms: B = 16 3.9 / 12.4 against 2.86 / 7.9, B = 32
+// groups where the L2 variant would take `l2_waves` launches (plan.h; 0: it cannot run the shape).
+// Unset FLASHRNN_WIDE: from kWideMinGroups groups on, where they measured faster than the L2
+// variant (H100, LSTM 768 x 1 bf16 fw / fwbw ms: B = 16 3.9 / 12.4 against 2.86 / 7.9, B = 32
 // 3.91 / 12.6 against 3.39 / 11.9, B = 48 3.82 / 12.8 against 4.40 / 18.9, B = 64 fp16 3.82 / 13.1
-// against 4.87 / 20.7: one cluster's step does not depend on the batch, the L2 variant's grows).
-// "1": always, "forward" / "backward": in that pass only, "0": never.
+// against 4.87 / 20.7: one cluster's step does not depend on the batch, the L2 variant's grows),
+// and wherever the L2 variant needs more than one wave (the wide clusters need not be resident
+// together). "1": always, "forward" / "backward": in that pass only, "0": never.
 constexpr int kWideMinGroups = 3;
-inline bool wide_allowed(bool backward, int groups) {
+inline bool wide_allowed(bool backward, int groups, int l2_waves) {
   const char* v = std::getenv("FLASHRNN_WIDE");
-  if (v == nullptr || std::strcmp(v, "") == 0) return groups >= kWideMinGroups;
+  if (v == nullptr || std::strcmp(v, "") == 0) return groups >= kWideMinGroups || l2_waves != 1;
   return std::strcmp(v, "1") == 0 || std::strcmp(v, backward ? "backward" : "forward") == 0;
 }
 

@@ -5,6 +5,7 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 
@@ -163,7 +164,7 @@ template <class Param, class... Rest>
 Plan launch_plan(void (*kernel)(Param, Plan, Rest...), Plan plan, const DeviceLimits& device, const char* name) {
   FLASHRNN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, plan.smem));
   cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(unsigned(plan.slices), unsigned(plan.groups), unsigned(plan.heads));
+  config.gridDim = dim3(unsigned(plan.slices), unsigned(plan.wave_groups), unsigned(plan.wave_heads));
   config.blockDim = dim3(unsigned(plan.threads()));
   config.dynamicSmemBytes = size_t(plan.smem);
   cudaLaunchAttribute attr;
@@ -175,7 +176,7 @@ Plan launch_plan(void (*kernel)(Param, Plan, Rest...), Plan plan, const DeviceLi
   const bool alongside = plan.alongside && !turned_off("FLASHRNN_DR_ALONGSIDE");
   // Grid columns of dR and db CTAs beside the slices where `resident` CTAs fit in clusters of `cluster`.
   auto columns_beside = [&](long long resident, int cluster) {
-    const long long per_column = (long long)plan.groups * plan.heads;
+    const long long per_column = (long long)plan.wave_groups * plan.wave_heads;
     int columns = int((resident - plan.ctas) / per_column);
     columns -= columns % cluster;
     return alongside && columns * per_column >= weight_grad::kAlongsideMinCtas ? columns : 0;
@@ -203,13 +204,12 @@ Plan launch_plan(void (*kernel)(Param, Plan, Rest...), Plan plan, const DeviceLi
   return plan;
 }
 
-// Launches kernel(param, plan, rest...) over (slices + dr_columns, groups, heads) CTAs,
-// cooperatively, in clusters of plan.cluster where it is above 1; `plan` from launch_plan.
+// One cooperative launch of `plan`'s wave at (plan.group0, plan.head0): groups x heads of it.
 template <class Param, class... Rest>
-void launch_cooperative(void (*kernel)(Param, Plan, Rest...), const Plan& plan, cudaStream_t stream, const char* name,
-                        const Param& param, const Rest&... rest) {
+void launch_wave(void (*kernel)(Param, Plan, Rest...), const Plan& plan, int groups, int heads, cudaStream_t stream,
+                 const char* name, const Param& param, const Rest&... rest) {
   cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(unsigned(plan.slices + plan.dr_columns), unsigned(plan.groups), unsigned(plan.heads));
+  config.gridDim = dim3(unsigned(plan.slices + plan.dr_columns), unsigned(groups), unsigned(heads));
   config.blockDim = dim3(unsigned(plan.threads()));
   config.dynamicSmemBytes = size_t(plan.smem);
   config.stream = stream;
@@ -224,6 +224,22 @@ void launch_cooperative(void (*kernel)(Param, Plan, Rest...), const Plan& plan, 
   config.numAttrs = plan.cluster > 1 ? 2 : 1;
   FLASHRNN_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, param, plan, rest...));
   FLASHRNN_CHECK_LAUNCH(name);
+}
+
+// Launches kernel(param, plan, rest...) over (slices + dr_columns, groups, heads) CTAs,
+// cooperatively, in clusters of plan.cluster where it is above 1, one launch per wave (plan.h);
+// `plan` from launch_plan.
+template <class Param, class... Rest>
+void launch_cooperative(void (*kernel)(Param, Plan, Rest...), const Plan& plan, cudaStream_t stream, const char* name,
+                        const Param& param, const Rest&... rest) {
+  for (int h0 = 0; h0 < plan.heads; h0 += plan.wave_heads)
+    for (int g0 = 0; g0 < plan.groups; g0 += plan.wave_groups) {
+      Plan wave = plan;
+      wave.head0 = h0;
+      wave.group0 = g0;
+      launch_wave(kernel, wave, std::min(plan.wave_groups, plan.groups - g0), std::min(plan.wave_heads, plan.heads - h0),
+                  stream, name, param, rest...);
+    }
 }
 
 }  // namespace flashrnn::multi

@@ -68,7 +68,8 @@ __global__ void __launch_bounds__(multi::kThreads + (kProducer ? 32 : 0), kProdu
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, q = lane % 4;
   const int64_t B = p.batch, steps = p.steps, N = p.heads, D = p.head_dim, ND = N * D;
   const int rows = plan.rows(), mt_count = plan.mt, k_groups = multi::kWarps / mt_count;
-  const int64_t u0 = int64_t(blockIdx.x) * multi::kUnits, b0 = int64_t(blockIdx.y) * rows, n = blockIdx.z;
+  const int group = plan.group0 + int(blockIdx.y);  // this launch's wave starts at (group0, head0)
+  const int64_t u0 = int64_t(blockIdx.x) * multi::kUnits, b0 = int64_t(group) * rows, n = plan.head0 + blockIdx.z;
   const int valid_rows = int(B - b0 < rows ? B - b0 : rows);
   const T* r = static_cast<const T*>(p.r);
   T* dg_out = static_cast<T*>(p.dg);
@@ -115,7 +116,7 @@ __global__ void __launch_bounds__(multi::kThreads + (kProducer ? 32 : 0), kProdu
   const int chunk_k = plan.chunk_k, whole_gates = chunk_k >= D ? int(chunk_k / D) : 0;
   const int per_gate = whole_gates ? 0 : int(D / chunk_k);  // chunks per gate
 
-  unsigned* group_flags = flags + (n * plan.groups + blockIdx.y) * plan.slices;
+  unsigned* group_flags = flags + (n * plan.groups + group) * plan.slices;
   const int prow = tid / 4, pair = tid % 4;
   const int64_t pb = b0 + prow, unit = u0 + 2 * pair;
   const bool pw = prow < valid_rows;
@@ -268,17 +269,29 @@ __global__ void __launch_bounds__(multi::kThreads + (kProducer ? 32 : 0), kProdu
   if (multicast) cluster_sync();  // no CTA leaves while its copies may still be landing in a peer
 }
 
+// Whether the L2 variant's backward stages through a ring of buffers (multicast stages them, as a rule).
+inline bool backward_ring(const DeviceLimits& device) {
+  return device.cc_major >= 9 && multi::multicast_largest() > 1;
+}
+
+// The L2 variant's backward plan before its launch is planned (plan.h), or why it cannot run.
+template <class Cell, class T>
+const char* make_multi_backward_plan(multi::Plan& plan, const BackwardParams& p, const DeviceLimits& device) {
+  return multi::make_plan(plan, true, Cell::kGatesR, sizeof(T), p.batch, p.heads, p.head_dim, device.smem_per_block,
+                          device.smem_per_sm, device.sm_count, backward_ring(device));
+}
+
 // The L2 variant's plan for p on `device`, completed for its launch (multi::launch_plan): stage
 // buffers (a ring where multicast stages them), CTAs of dR and db alongside where SMs are left
-// free for them (16-bit types).
+// free for them (16-bit types, one wave).
 template <class Cell, class T>
 multi::Plan multi_backward_plan(const BackwardParams& p, const DeviceLimits& device) {
   multi::Plan plan;
-  const bool ring = device.cc_major >= 9 && multi::multicast_largest() > 1;  // staged by multicast (as a rule)
-  const char* why = multi::make_plan(plan, true, Cell::kGatesR, sizeof(T), p.batch, p.heads, p.head_dim,
-                                     device.smem_per_block, device.smem_per_sm, device.sm_count, ring);
+  const char* why = make_multi_backward_plan<Cell, T>(plan, p, device);
   FLASHRNN_CHECK(why == nullptr, "multi-CTA backward: " << why);
-  plan.alongside = sizeof(T) == 2 && !p.recurrent_cut && p.steps > 0 && plan.smem >= alongside::kSmemBytes;
+  const bool ring = backward_ring(device);
+  plan.alongside = sizeof(T) == 2 && !p.recurrent_cut && p.steps > 0 && plan.smem >= alongside::kSmemBytes &&
+                   plan.waves() == 1;  // (the workers' flags and sums span all heads and groups)
   // A producer warp where buffers are refilled within a step and every CTA has an SM of its own.
   plan.producer = ring && plan.slots < plan.chunks && !p.recurrent_cut && plan.ctas <= device.sm_count &&
                   !multi::turned_off("FLASHRNN_PRODUCER");
@@ -293,7 +306,7 @@ multi::Plan multi_backward_plan(const BackwardParams& p, const DeviceLimits& dev
 template <class Cell, class T>
 multi::BackwardLaunch multi_backward_launch(const BackwardParams& p, const DeviceLimits& device) {
   const multi::Plan plan = multi_backward_plan<Cell, T>(p, device);
-  return {plan.dr_columns * plan.groups * plan.heads, plan.producer, plan.cluster};
+  return {plan.dr_columns * plan.wave_groups * plan.wave_heads, plan.producer, plan.cluster};
 }
 
 // The cluster variant where it runs (see launch_multi_forward), else its wide form, else the L2
@@ -315,12 +328,14 @@ void launch_multi_backward(const BackwardParams& p, const DeviceLimits& device, 
   unsigned* flags = reinterpret_cast<unsigned*>(p.workspace + sums);
   auto clear_flags = [&] {
     FLASHRNN_CUDA_CHECK(cudaMemsetAsync(
-        flags, 0, sizeof(unsigned) * multi::flag_words(p.batch, p.heads, p.head_dim, sizeof(T)), stream));
+        flags, 0, sizeof(unsigned) * multi::flag_words(p.batch, p.heads, p.head_dim), stream));
   };
   if constexpr (sizeof(T) == 2) {
     const auto kernel = cluster_wide_backward_kernel<Cell, T>;
+    multi::Plan l2;
+    const int l2_waves = make_multi_backward_plan<Cell, T>(l2, p, device) == nullptr ? l2.waves() : 0;
     if (cluster::make_wide_plan(cplan, true, Cell::kGatesR, sizeof(T), p.batch, p.heads, p.head_dim,
-                                device.smem_per_block) == nullptr && cluster::wide_allowed(true, cplan.groups)) {
+                                device.smem_per_block) == nullptr && cluster::wide_allowed(true, cplan.groups, l2_waves)) {
       if (!p.recurrent_cut && p.steps > 0 && !multi::turned_off("FLASHRNN_DR_ALONGSIDE"))
         cluster::plan_workers(kernel, cplan, device, weight_grad::kAlongsideMinCtas, alongside::kSmemBytes);
       if (cplan.worker_groups > 0) clear_flags();

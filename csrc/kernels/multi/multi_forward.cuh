@@ -45,7 +45,8 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, q = lane % 4;
   const int64_t B = p.batch, steps = p.steps, N = p.heads, D = p.head_dim;
   const int rows = plan.rows(), mt_count = plan.mt, k_groups = multi::kWarps / mt_count;
-  const int64_t u0 = int64_t(blockIdx.x) * multi::kUnits, b0 = int64_t(blockIdx.y) * rows, n = blockIdx.z;
+  const int group = plan.group0 + int(blockIdx.y);  // this launch's wave starts at (group0, head0)
+  const int64_t u0 = int64_t(blockIdx.x) * multi::kUnits, b0 = int64_t(group) * rows, n = plan.head0 + blockIdx.z;
   const int valid_rows = int(B - b0 < rows ? B - b0 : rows);
   const int ksteps = int(D / M::kK);
   const T* r = static_cast<const T*>(p.r);
@@ -74,7 +75,7 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
   const int64_t words = D * int64_t(sizeof(T)) / 4;
   uint32_t* xdata = reinterpret_cast<uint32_t*>(p.workspace);
   unsigned* group_flags = reinterpret_cast<unsigned*>(p.workspace) +
-                          multi::exchange_words(B, N, D, sizeof(T)) + (n * plan.groups + blockIdx.y) * plan.slices;
+                          multi::exchange_words(B, N, D, sizeof(T)) + (n * plan.groups + group) * plan.slices;
   auto exchange = [&](int par, int64_t b) { return xdata + ((par * N + n) * plan.padded_batch() + b) * words; };
 
   // Pointwise threads: 4 per batch row, each owning units u0 + 2 * pair and + 1.
@@ -182,20 +183,21 @@ void launch_multi_forward(const ForwardParams& p, const DeviceLimits& device, cu
       cluster::launch_clusters(cluster_forward_kernel<Cell, T>, cplan, device, stream, "cluster_forward_kernel", p,
                                cplan))
     return;
+  multi::Plan plan;
+  const char* why = multi::make_plan(plan, false, Cell::kGatesR, sizeof(T), p.batch, p.heads, p.head_dim,
+                                     device.smem_per_block, device.smem_per_sm, device.sm_count);
   if constexpr (sizeof(T) == 2) {
     if (cluster::make_wide_plan(cplan, false, Cell::kGatesR, sizeof(T), p.batch, p.heads, p.head_dim,
-                                device.smem_per_block) == nullptr && cluster::wide_allowed(false, cplan.groups) &&
+                                device.smem_per_block) == nullptr &&
+        cluster::wide_allowed(false, cplan.groups, why == nullptr ? plan.waves() : 0) &&
         cluster::launch_clusters(cluster_wide_forward_kernel<Cell, T>, cplan, device, stream,
                                  "cluster_wide_forward_kernel", p, cplan))
       return;
   }
-  multi::Plan plan;
-  const char* why = multi::make_plan(plan, false, Cell::kGatesR, sizeof(T), p.batch, p.heads, p.head_dim,
-                                     device.smem_per_block, device.smem_per_sm, device.sm_count);
   FLASHRNN_CHECK(why == nullptr, "multi-CTA forward: " << why);
   FLASHRNN_CUDA_CHECK(cudaMemsetAsync(  // the progress flags (the h rows are written before they are read)
       p.workspace + multi::exchange_words(p.batch, p.heads, p.head_dim, sizeof(T)), 0,
-      sizeof(unsigned) * multi::flag_words(p.batch, p.heads, p.head_dim, sizeof(T)), stream));
+      sizeof(unsigned) * multi::flag_words(p.batch, p.heads, p.head_dim), stream));
   const char* name = "multi_forward_kernel";
   multi::launch_cooperative(multi_forward_kernel<Cell, T>,
                             multi::launch_plan(multi_forward_kernel<Cell, T>, plan, device, name), stream, name, p);

@@ -3,8 +3,11 @@
 //
 // One head's units are split over `slices` CTAs of 8 units each; together with its batch group
 // (16 * mt rows) a CTA runs all T steps and exchanges each step's result with the other CTAs of
-// its (head, batch group) through L2. All CTAs must be resident at once: the launch is
-// cooperative, and this plan only accepts shapes whose CTAs fit the device in one wave.
+// its (head, batch group) through L2. The CTAs of a launch must be resident at once (the launch is
+// cooperative). Heads and batch groups are independent of each other, so where all of them do not
+// fit the device at once they run in waves: launches one after another, each over a rectangle of
+// wave_groups x wave_heads (head, batch group) pairs that fits. A shape is refused only where one
+// head's CTAs for one batch group do not fit.
 //
 // Shared memory of a CTA: the exchanged operand rows (forward: h_{t-1} [rows][D]; backward:
 // `slots` buffers of dg_{t+1} chunks [rows][chunk_k], a ring the step's chunks go through), the
@@ -44,7 +47,11 @@ struct Plan {
   int r_offset = 0;          // R fragments
   int resident = 0;          // k-steps of R fragments held in shared memory
   int smem = 0;              // dynamic shared memory per CTA
-  long long ctas = 0;
+  int wave_groups = 0;       // batch groups per launch (all of them where heads fit beside)
+  int wave_heads = 0;        // heads per launch (1 where one head's groups need several launches)
+  int group0 = 0;            // the first batch group and head of this launch (launch_cooperative)
+  int head0 = 0;
+  long long ctas = 0;        // CTAs of one launch (without dR and db CTAs)
   int cluster = 1;           // sm_90: CTAs per cluster that stage the exchanged rows together
                              // (multicast bulk copies, cooperative.cuh); 1: each CTA copies all
   bool alongside = false;    // backward: asks the launch for CTAs that compute dR and db alongside
@@ -54,6 +61,9 @@ struct Plan {
   constexpr int rows() const { return 16 * mt; }
   constexpr int threads() const { return kThreads + (producer ? 32 : 0); }
   constexpr long long padded_batch() const { return (long long)groups * rows(); }
+  constexpr int waves() const {
+    return ((groups + wave_groups - 1) / wave_groups) * ((heads + wave_heads - 1) / wave_heads);
+  }
 };
 
 // How the backward's L2 variant launches for a shape on a device (for tests and benchmarks).
@@ -101,30 +111,14 @@ constexpr void stage_chunks(Plan& p, int gates_r, int head_dim, int esize, int r
   set(g * head_dim, 1);
 }
 
-// Fills `plan` for a forward (backward = false) or backward pass; returns nullptr, or why the shape
-// cannot run in this family on this device. `ring`: the backward may stage through a ring of
-// buffers (stage_chunks). esize: bytes per element; n-tiles per k-step: the
-// forward multiplies h by every recurrent gate's slice (gates_r tiles), the backward multiplies dg
-// by R^T restricted to the CTA's units (one tile).
-constexpr const char* make_plan(Plan& p, bool backward, int gates_r, int esize, long long batch, long long heads,
-                                long long head_dim, int smem_per_block, int smem_per_sm, int sm_count,
-                                bool ring = false) {
-  if (head_dim % 16 != 0 || head_dim < 16) return "the head dim is not a multiple of 16";
-  if (batch < 1 || heads < 1 || sm_count < 1) return "there is no batch row or no head to run";
+// make_plan's shared-memory layout for a launch of plan.ctas CTAs (its m-tiles, slices and waves chosen).
+constexpr const char* fill_memory(Plan& p, bool backward, int gates_r, int esize, long long head_dim,
+                                  int smem_per_block, int smem_per_sm, int sm_count, bool ring) {
   const long long k_per_step = esize == 4 ? 8 : 16;
   const long long ksteps = (backward ? gates_r : 1) * head_dim / k_per_step;
   const int tiles = backward ? 1 : gates_r;
-  // Rows of the operand stage: one gate's worth must fit for 16 rows.
   const int one_row = fused::row_bytes(int(head_dim), esize);
-  if (head_dim > (1 << 16) || 16LL * one_row > kOperandBudget) return "the head dim is too large for one CTA's stage";
-  p.mt = m_tiles(batch, head_dim, esize);
-  p.groups = int((batch + p.rows() - 1) / p.rows());
-  p.slices = int(head_dim / kUnits);
-  if (heads > 65535 || p.groups > 65535) return "too many heads or batch groups for one grid";
-  p.heads = int(heads);
-  p.ctas = (long long)p.slices * p.groups * heads;
   const long long per_sm = (p.ctas + sm_count - 1) / sm_count;
-  if (per_sm > kMaxCtasPerSm) return "its CTAs do not fit the GPU at once (at most 2 per SM)";
   int budget = smem_per_sm / int(per_sm) - kSmemPerCtaReserve;
   if (budget > smem_per_block) budget = smem_per_block;
   budget -= fused::kSmemReserve;
@@ -145,6 +139,41 @@ constexpr const char* make_plan(Plan& p, bool backward, int gates_r, int esize, 
   return nullptr;
 }
 
+// Fills `plan` for a forward (backward = false) or backward pass; returns nullptr, or why the shape
+// cannot run in this family on this device. `ring`: the backward may stage through a ring of
+// buffers (stage_chunks). esize: bytes per element; n-tiles per k-step: the
+// forward multiplies h by every recurrent gate's slice (gates_r tiles), the backward multiplies dg
+// by R^T restricted to the CTA's units (one tile).
+constexpr const char* make_plan(Plan& p, bool backward, int gates_r, int esize, long long batch, long long heads,
+                                long long head_dim, int smem_per_block, int smem_per_sm, int sm_count,
+                                bool ring = false) {
+  if (head_dim % 16 != 0 || head_dim < 16) return "the head dim is not a multiple of 16";
+  if (batch < 1 || heads < 1 || sm_count < 1) return "there is no batch row or no head to run";
+  // Rows of the operand stage: one gate's worth must fit for 16 rows.
+  const int one_row = fused::row_bytes(int(head_dim), esize);
+  if (head_dim > (1 << 16) || 16LL * one_row > kOperandBudget) return "the head dim is too large for one CTA's stage";
+  p.slices = int(head_dim / kUnits);
+  if (heads > 65535 || (batch + 15) / 16 > 65535) return "too many heads or batch groups for one grid";
+  p.heads = int(heads);
+  // In order of preference: the m-tiles the batch asks for (m_tiles), the fewest waves, up to
+  // kMaxCtasPerSm CTAs per SM, else (where their shared memory does not fit two per SM) one per SM;
+  // then fewer m-tiles (a smaller stage).
+  const char* why = "one head's CTAs for one batch group do not fit the GPU at once (at most 2 per SM)";
+  for (p.mt = m_tiles(batch, head_dim, esize); p.mt >= 1; p.mt /= 2) {
+    p.groups = int((batch + p.rows() - 1) / p.rows());
+    for (int cap = kMaxCtasPerSm; cap >= 1; --cap) {
+      const long long pairs = (long long)cap * sm_count / p.slices;  // (head, batch group) pairs at once
+      if (pairs < 1) break;
+      p.wave_groups = int(pairs < p.groups ? pairs : p.groups);
+      p.wave_heads = p.wave_groups < p.groups ? 1 : int(pairs / p.groups < heads ? pairs / p.groups : heads);
+      p.ctas = (long long)p.slices * p.wave_groups * p.wave_heads;
+      why = fill_memory(p, backward, gates_r, esize, head_dim, smem_per_block, smem_per_sm, sm_count, ring);
+      if (why == nullptr) return nullptr;
+    }
+  }
+  return why;
+}
+
 // CTAs per cluster for the multicast staging: the largest cluster size up to `largest` (16, 8, 4
 // or 2) that divides the slices; 1 if none does.
 constexpr int multicast_cluster(int slices, int largest) {
@@ -154,17 +183,16 @@ constexpr int multicast_cluster(int slices, int largest) {
 }
 
 // Forward scratch: the h exchange, [2 parities][heads][padded batch][words per row] 32-bit words
-// (the flags follow: flag_words()).
+// (the flags follow: flag_words()), for any m-tiles make_plan picks (the batch padded to 64 rows).
 constexpr long long exchange_words(long long batch, long long heads, long long head_dim, int esize) {
-  const int mt = m_tiles(batch, head_dim, esize);
-  const long long padded = (batch + 16 * mt - 1) / (16 * mt) * (16 * mt);
+  const long long padded = (batch + 63) / 64 * 64;
   return 2 * heads * padded * (head_dim * esize / 4);
 }
 
-// Progress flags (forward and backward): one 32-bit counter per CTA.
-constexpr long long flag_words(long long batch, long long heads, long long head_dim, int esize) {
-  const int mt = m_tiles(batch, head_dim, esize);
-  return heads * ((batch + 16 * mt - 1) / (16 * mt)) * (head_dim / kUnits);
+// Progress flags (forward and backward): one 32-bit counter per CTA [head][batch group][slice],
+// for any m-tiles make_plan picks (at most one batch group per 16 rows).
+constexpr long long flag_words(long long batch, long long heads, long long head_dim) {
+  return heads * ((batch + 15) / 16) * (head_dim / kUnits);
 }
 
 }  // namespace flashrnn::multi

@@ -71,7 +71,7 @@ def time_cudnn(kind, B, T, H, dtype, reps):
 
 def fused_limits(B, N=1):
     """The largest head dim that runs fused, forward and backward, per cell and dtype on this GPU."""
-    lines = [f"Largest head dim that runs fused (forward and backward), B = {B}, {N} head:", ""]
+    lines = [f"Largest head dim that runs fused (forward and backward), B = {B}, {N} head{'s' if N > 1 else ''}:", ""]
     for function in CELLS:
         dims = largest_fused_head_dims(function, B, N)
         lines.append(f"- {function}: " + ", ".join(f"{k} {v}" for k, v in dims.items()))
@@ -110,6 +110,10 @@ def main():
     ours("lstm cuda_fused", "lstm", "cuda_fused", 64, 1, 768, "fp16")
     for function in ("gru", "slstm"):
         ours(f"{function} cuda_fused", function, "cuda_fused", B, 3, 256, "bf16")
+    # heads whose CTAs do not all fit at once: 768 x 3 in wide clusters (sm_90), the others in waves
+    ours("lstm cuda_fused", "lstm", "cuda_fused", B, 3, 768, "bf16")
+    ours("lstm cuda_fused (waves)", "lstm", "cuda_fused", B, 3, 1024, "bf16")
+    ours("lstm cuda_fused (waves)", "lstm", "cuda_fused", 64, 1, 2048, "bf16")
     # 256 x 3 and 768 x 1 run in clusters (distributed shared memory) on sm_90; the L2 variant for comparison
     os.environ["FLASHRNN_MULTI_L2"] = "1"
     ours("lstm cuda_fused (L2 variant)", "lstm", "cuda_fused", B, 3, 256, "bf16")
@@ -135,6 +139,8 @@ def main():
         ours("lstm cuda_fused", "lstm", "cuda_fused", B, 12, 64, dt)
     if args.suite == "full":
         ours("gru cuda (alternating)", "gru", "cuda", B, 1, 768, "bf16")
+        ours("lstm cuda (alternating)", "lstm", "cuda", B, 3, 1024, "bf16")
+        ours("lstm cuda (alternating)", "lstm", "cuda", 64, 1, 2048, "bf16")
         ours("lstm vanilla", "lstm", "vanilla", B, 12, 64, "bf16", reps=3)
     for dt in ("fp16", "bf16"):
         cudnn("lstm", B, 768, dt)
@@ -142,7 +148,7 @@ def main():
     cudnn("gru", B, 768, "bf16")
     text = table(f"Kernels, B = {B} (unless noted), T = {T}, hidden 768",
                  ["kernel", "D x N", "B", "dtype", "fw ms", "fwbw ms", "first call"], rows)
-    text += "\n" + fused_limits(B)
+    text += "\n" + fused_limits(B) + "\n" + fused_limits(64, 3)
     print(text)
     with open(args.out, "a") as f:
         f.write("\n" + text)

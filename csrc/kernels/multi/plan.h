@@ -90,8 +90,11 @@ constexpr int m_tiles(long long batch, long long head_dim, int esize) {
 // the largest chunk that fits (whole gates, or D / 2^i); one buffer of as many whole gates as fit (each
 // chunk waits for the previous one to be consumed: where every CTA copies all rows itself the copies
 // are bound by L2 bandwidth, and the ring measured slower, 768 x 1 B = 64 22.9 -> 25.9 us per step).
-constexpr void stage_chunks(Plan& p, int gates_r, int head_dim, int esize, int room, bool ring) {
-  const int budget = room > kOperandBudget ? room : kOperandBudget, rows = p.rows();
+// `cap`: bytes the stage can have at most (beside the reduction buffer).
+constexpr void stage_chunks(Plan& p, int gates_r, int head_dim, int esize, int room, int cap, bool ring) {
+  int budget = room > kOperandBudget ? room : kOperandBudget;
+  if (budget > cap) budget = cap;
+  const int rows = p.rows();
   auto fits = [&](int chunk_k, int slots) {
     return (long long)slots * rows * fused::row_bytes(chunk_k, esize) <= budget;
   };
@@ -124,7 +127,8 @@ constexpr const char* fill_memory(Plan& p, bool backward, int gates_r, int esize
   budget -= fused::kSmemReserve;
   const int red_bytes = kWarps * 16 * red_stride(tiles) * 4;
   if (backward) {
-    stage_chunks(p, gates_r, int(head_dim), esize, budget - red_bytes - int(ksteps) * kFragBytes, ring);
+    stage_chunks(p, gates_r, int(head_dim), esize, budget - red_bytes - int(ksteps) * kFragBytes, budget - red_bytes,
+                 ring);
   } else {
     p.chunk_k = int(head_dim);
     p.chunks = p.slots = 1;

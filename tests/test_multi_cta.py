@@ -23,7 +23,13 @@ from flashrnn._cells import CELLS
 from conftest import float64_reference, run_with_grads
 from test_gpu import DTYPES, OPTIONS, check_against_reference, check_fused_repeatable_and_agrees, check_option
 
-pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("poison_outputs")]
+pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("poison_outputs", "waves_enabled")]
+
+
+@pytest.fixture
+def waves_enabled(monkeypatch):
+    # shapes whose CTAs do not all fit at once run fused in waves only with FLASHRNN_WAVES=1 (plan.h)
+    monkeypatch.setenv("FLASHRNN_WAVES", "1")
 
 
 def family(function, dtype, B, N, D, backward):

@@ -132,6 +132,8 @@ Family fused_family(CellKind cell, DType dtype, int64_t batch, int64_t heads, in
   multi::Plan plan;
   const char* reason = multi::make_plan(plan, backward, c.gates_r, element_size(dtype), batch, heads, head_dim,
                                         d.smem_per_block, d.smem_per_sm, d.sm_count);
+  if (reason == nullptr && plan.waves() > 1 && !multi::waves_enabled())
+    reason = "its CTAs do not fit the GPU at once, and running them in waves (FLASHRNN_WAVES=1) is not yet checked on a GPU";
   if (reason == nullptr) return Family::kMulti;
   why = reason;
   return Family::kAlternating;

@@ -72,11 +72,15 @@ def test_multi_cta_options_match_float64(function, option):
     check_option(function, "cuda_fused", option, 256)
 
 
-def cuda_kernel_names(run):
+def cuda_kernel_counts(run):
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         run()
         torch.cuda.synchronize()
-    return " ".join(e.key for e in prof.key_averages())
+    return {e.key: e.count for e in prof.key_averages()}
+
+
+def cuda_kernel_names(run):
+    return " ".join(cuda_kernel_counts(run))
 
 
 def test_multi_cta_variant_that_runs(monkeypatch):
@@ -245,13 +249,6 @@ def device_plan(function, dtype, B, N, D, backward):
     return _core._C.multi_plan(
         backward, CELLS[function].gates_r, 4 if dtype == torch.float32 else 2, B, N, D,
         props.shared_memory_per_block_optin, props.shared_memory_per_multiprocessor, props.multi_processor_count, ring)
-
-
-def cuda_kernel_counts(run):
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        run()
-        torch.cuda.synchronize()
-    return {e.key: e.count for e in prof.key_averages()}
 
 
 # Heads and batch groups in waves (plan.h): shapes whose CTAs do not all fit the device at once run

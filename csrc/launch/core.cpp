@@ -4,6 +4,8 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <cstdlib>
+#include <cstring>
 #include <type_traits>
 
 #include "../common/check.h"
@@ -113,6 +115,13 @@ int bucket_that_fits(CellKind cell, DType dtype, int64_t head_dim, const DeviceL
                     fused::backward_layout(bucket, esize, c.gates_b, c.saved, c.states).stages(limit) >= 2;
   return fits ? bucket : 0;
 }
+
+// Whether shapes that need several waves of multi-CTA launches run fused (FLASHRNN_WAVES=1, plan.h).
+// Off by default until the waves have run on a GPU: those shapes run the alternating kernels.
+bool waves_enabled() {
+  const char* v = std::getenv("FLASHRNN_WAVES");
+  return v != nullptr && std::strcmp(v, "1") == 0;
+}
 }  // namespace
 
 int fused_bucket(CellKind cell, DType dtype, int64_t head_dim, int device) {
@@ -132,7 +141,7 @@ Family fused_family(CellKind cell, DType dtype, int64_t batch, int64_t heads, in
   multi::Plan plan;
   const char* reason = multi::make_plan(plan, backward, c.gates_r, element_size(dtype), batch, heads, head_dim,
                                         d.smem_per_block, d.smem_per_sm, d.sm_count);
-  if (reason == nullptr && plan.waves() > 1 && !multi::waves_enabled())
+  if (reason == nullptr && plan.waves() > 1 && !waves_enabled())
     reason = "its CTAs do not fit the GPU at once, and running them in waves (FLASHRNN_WAVES=1) is not yet checked on a GPU";
   if (reason == nullptr) return Family::kMulti;
   why = reason;

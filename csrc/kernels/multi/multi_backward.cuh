@@ -281,13 +281,12 @@ const char* make_multi_backward_plan(multi::Plan& plan, const BackwardParams& p,
                           device.smem_per_sm, device.sm_count, backward_ring(device));
 }
 
-// The L2 variant's plan for p on `device`, completed for its launch (multi::launch_plan): stage
-// buffers (a ring where multicast stages them), CTAs of dR and db alongside where SMs are left
-// free for them (16-bit types, one wave).
+// The L2 variant's plan for p on `device` (`plan` and `why` from make_multi_backward_plan),
+// completed for its launch (multi::launch_plan): stage buffers (a ring where multicast stages them),
+// CTAs of dR and db alongside where SMs are left free for them (16-bit types, one wave).
 template <class Cell, class T>
-multi::Plan multi_backward_plan(const BackwardParams& p, const DeviceLimits& device) {
-  multi::Plan plan;
-  const char* why = make_multi_backward_plan<Cell, T>(plan, p, device);
+multi::Plan multi_backward_plan(multi::Plan plan, const char* why, const BackwardParams& p,
+                                const DeviceLimits& device) {
   FLASHRNN_CHECK(why == nullptr, "multi-CTA backward: " << why);
   const bool ring = backward_ring(device);
   plan.alongside = sizeof(T) == 2 && !p.recurrent_cut && p.steps > 0 && plan.smem >= alongside::kSmemBytes &&
@@ -305,7 +304,9 @@ multi::Plan multi_backward_plan(const BackwardParams& p, const DeviceLimits& dev
 
 template <class Cell, class T>
 multi::BackwardLaunch multi_backward_launch(const BackwardParams& p, const DeviceLimits& device) {
-  const multi::Plan plan = multi_backward_plan<Cell, T>(p, device);
+  multi::Plan plan;
+  const char* why = make_multi_backward_plan<Cell, T>(plan, p, device);
+  plan = multi_backward_plan<Cell, T>(plan, why, p, device);
   return {plan.dr_columns * plan.wave_groups * plan.wave_heads, plan.producer, plan.cluster};
 }
 
@@ -330,12 +331,13 @@ void launch_multi_backward(const BackwardParams& p, const DeviceLimits& device, 
     FLASHRNN_CUDA_CHECK(cudaMemsetAsync(
         flags, 0, sizeof(unsigned) * multi::flag_words(p.batch, p.heads, p.head_dim), stream));
   };
+  multi::Plan l2;
+  const char* why = make_multi_backward_plan<Cell, T>(l2, p, device);
   if constexpr (sizeof(T) == 2) {
     const auto kernel = cluster_wide_backward_kernel<Cell, T>;
-    multi::Plan l2;
-    const int l2_waves = make_multi_backward_plan<Cell, T>(l2, p, device) == nullptr ? l2.waves() : 0;
     if (cluster::make_wide_plan(cplan, true, Cell::kGatesR, sizeof(T), p.batch, p.heads, p.head_dim,
-                                device.smem_per_block) == nullptr && cluster::wide_allowed(true, cplan.groups, l2_waves)) {
+                                device.smem_per_block) == nullptr &&
+        cluster::wide_allowed(true, cplan.groups, why == nullptr ? l2.waves() : 0)) {
       if (!p.recurrent_cut && p.steps > 0 && !multi::turned_off("FLASHRNN_DR_ALONGSIDE"))
         cluster::plan_workers(kernel, cplan, device, weight_grad::kAlongsideMinCtas, alongside::kSmemBytes);
       if (cplan.worker_groups > 0) clear_flags();
@@ -345,7 +347,7 @@ void launch_multi_backward(const BackwardParams& p, const DeviceLimits& device, 
       }
     }
   }
-  const multi::Plan plan = multi_backward_plan<Cell, T>(p, device);
+  const multi::Plan plan = multi_backward_plan<Cell, T>(l2, why, p, device);
   clear_flags();
   multi::launch_cooperative(plan.producer ? multi_backward_kernel<Cell, T, true> : multi_backward_kernel<Cell, T, false>,
                             plan, stream, "multi_backward_kernel", p, flags);

@@ -17,8 +17,6 @@
 // Host and device both include this header (pure arithmetic, no CUDA calls).
 #pragma once
 
-#include <cstdlib>
-
 #include "../fused/tuning.h"
 
 namespace flashrnn::multi {
@@ -178,13 +176,6 @@ constexpr const char* make_plan(Plan& p, bool backward, int gates_r, int esize, 
     }
   }
   return why;
-}
-
-// Whether shapes that need several waves run fused (FLASHRNN_WAVES=1). Off by default until the
-// waves have run on a GPU: those shapes run the alternating kernels.
-inline bool waves_enabled() {
-  const char* v = std::getenv("FLASHRNN_WAVES");
-  return v != nullptr && v[0] == '1' && v[1] == '\0';
 }
 
 // CTAs per cluster for the multicast staging: the largest cluster size up to `largest` (16, 8, 4

@@ -12,6 +12,7 @@ FLASHRNN_MULTICAST=8 / 0 run clusters of 8 / per-CTA copies (sm_80/86's path).
 from __future__ import annotations
 
 import os
+import warnings
 
 import pytest
 import torch
@@ -28,7 +29,9 @@ pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("poison_outputs", "waves_
 
 @pytest.fixture
 def waves_enabled(monkeypatch):
-    # shapes whose CTAs do not all fit at once run fused in waves only with FLASHRNN_WAVES=1 (plan.h)
+    # Shapes whose CTAs do not all fit at once run in waves (plan.h); by default only the forward,
+    # the backward runs the alternating kernels (faster, core.cpp). FLASHRNN_WAVES=1 runs the
+    # backward in waves too, so that this file checks the L2 kernels there.
     monkeypatch.setenv("FLASHRNN_WAVES", "1")
 
 
@@ -298,6 +301,46 @@ def test_multi_cta_wide_kernels_run_heads_the_l2_variant_runs_in_waves(monkeypat
     names = cuda_kernel_names(lambda: run_with_grads("lstm", "cuda_fused", inputs, weights))
     assert "cluster_wide" not in names and "multi_forward_kernel" in names, names
     check_against_reference("lstm", "cuda_fused", torch.bfloat16, B, T, N, D)
+
+
+def test_multi_cta_backward_in_waves_runs_the_alternating_kernels_by_default(monkeypatch):
+    # 2048 x 1 at B = 64 (four waves on a 132-SM card): the forward runs in waves, the backward the
+    # alternating kernels, chosen as faster and so without a warning (core.cpp fused_family);
+    # FLASHRNN_WAVES=0 runs no waves, and says so.
+    monkeypatch.delenv("FLASHRNN_WAVES")
+    B, T, N, D, dt = 64, 5, 1, 2048, torch.bfloat16
+    if device_plan("lstm", dt, B, N, D, True)["waves"] == 1:
+        pytest.skip("this GPU runs the shape's backward in one wave")
+    assert family("lstm", dt, B, N, D, False) == ("multi", "")
+    assert family("lstm", dt, B, N, D, True) == ("alternating", "")
+    inputs, _, _, weights = float64_reference("lstm", B, T, N, D, dt, "random", 23)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        names = cuda_kernel_names(lambda: run_with_grads("lstm", "cuda_fused", inputs, weights))
+    assert "multi_forward_kernel" in names and "multi_backward_kernel" not in names, names
+    check_against_reference("lstm", "cuda_fused", dt, B, T, N, D)
+    monkeypatch.setenv("FLASHRNN_WAVES", "0")
+    for backward in (False, True):
+        fam, why = family("lstm", dt, B, N, D, backward)
+        assert fam == "alternating" and "FLASHRNN_WAVES=0" in why, (backward, fam, why)
+
+
+def test_multi_cta_wide_backward_where_the_l2_ctas_share_sms(monkeypatch):
+    # 768 x 2 at B = 16: two clusters, below the wide kernels' default of three, but the L2
+    # variant's 192 CTAs outnumber a 132-SM card's SMs: the backward runs the wide kernels, the
+    # forward the L2 variant (cluster_launch.h wide_allowed, where each measured faster).
+    monkeypatch.delenv("FLASHRNN_WIDE", raising=False)
+    B, T, N, D, dt = 16, 9, 2, 768, torch.bfloat16
+    assert_multi("lstm", dt, B, N, D)
+    if torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("clusters need sm_90")
+    if device_plan("lstm", dt, B, N, D, True)["ctas"] <= torch.cuda.get_device_properties(0).multi_processor_count:
+        pytest.skip("every L2 CTA has an SM of its own on this GPU")
+    inputs, _, _, weights = float64_reference("lstm", B, T, N, D, dt, "random", 29)
+    names = cuda_kernel_names(lambda: run_with_grads("lstm", "cuda_fused", inputs, weights))
+    assert "multi_forward_kernel" in names and "cluster_wide_forward_kernel" not in names, names
+    assert "cluster_wide_backward_kernel" in names and "multi_backward_kernel" not in names, names
+    check_against_reference("lstm", "cuda_fused", dt, B, T, N, D)
 
 
 @pytest.mark.parametrize("function", list(CELLS))

@@ -124,7 +124,7 @@ PYBIND11_MODULE(_C, m) {
     std::string why;
     const Family f = flashrnn::fused_family(CellKind(cell), DType(dtype), b, n, d, device, backward, why);
     return py::make_tuple(int(f), why);
-  }, "the family that runs this shape fused (1 one CTA per head, 2 multi-CTA), or 0 and why none does");
+  }, "the family that runs this shape fused (1 one CTA per head, 2 multi-CTA), or 0 and why none does (empty: 0 by choice, faster)");
   m.def("multi_plan", [](bool backward, int gates_r, int esize, int64_t batch, int64_t heads, int64_t head_dim,
                          int smem_per_block, int smem_per_sm, int sm_count, bool ring) {
     namespace multi = flashrnn::multi;

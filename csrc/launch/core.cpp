@@ -10,6 +10,7 @@
 
 #include "../common/check.h"
 #include "../kernels/fused/tuning.h"
+#include "../kernels/multi/cluster_launch.h"
 #include "../kernels/multi/plan.h"
 #include "../kernels/weight_grad/sizes.h"
 #include "launchers.h"
@@ -116,11 +117,24 @@ int bucket_that_fits(CellKind cell, DType dtype, int64_t head_dim, const DeviceL
   return fits ? bucket : 0;
 }
 
-// Whether shapes that need several waves of multi-CTA launches run fused (FLASHRNN_WAVES=1, plan.h).
-// Off by default until the waves have run on a GPU: those shapes run the alternating kernels.
-bool waves_enabled() {
+// FLASHRNN_WAVES: "1" or "0" where set so, else -1 (tests and benchmarks compare the ways on one card).
+int waves_setting() {
   const char* v = std::getenv("FLASHRNN_WAVES");
-  return v != nullptr && std::strcmp(v, "1") == 0;
+  if (v == nullptr) return -1;
+  return std::strcmp(v, "1") == 0 ? 1 : std::strcmp(v, "0") == 0 ? 0 : -1;
+}
+
+// Whether sm_90's cluster kernels run this backward (multi_backward.cuh: the cluster variant, else
+// its wide form where wide_allowed), the L2 variant's plan being `l2`. By their plans: a launch that
+// finds its clusters do not fit the device runs the L2 variant.
+bool clusters_run_backward(const CellInfo& c, DType dtype, int64_t batch, int64_t heads, int64_t head_dim,
+                           const DeviceLimits& d, const multi::Plan& l2) {
+  if (d.cc_major < 9 || cluster::disabled()) return false;
+  const int esize = element_size(dtype);
+  cluster::Plan p;
+  if (cluster::make_plan(p, true, c.gates_r, esize, batch, heads, head_dim, d.smem_per_block) == nullptr) return true;
+  return cluster::make_wide_plan(p, true, c.gates_r, esize, batch, heads, head_dim, d.smem_per_block) == nullptr &&
+         cluster::wide_allowed(true, p, &l2, d.sm_count);
 }
 }  // namespace
 
@@ -141,8 +155,22 @@ Family fused_family(CellKind cell, DType dtype, int64_t batch, int64_t heads, in
   multi::Plan plan;
   const char* reason = multi::make_plan(plan, backward, c.gates_r, element_size(dtype), batch, heads, head_dim,
                                         d.smem_per_block, d.smem_per_sm, d.sm_count);
-  if (reason == nullptr && plan.waves() > 1 && !waves_enabled())
-    reason = "its CTAs do not fit the GPU at once, and running them in waves (FLASHRNN_WAVES=1) is not yet checked on a GPU";
+  // Where all (head, batch group) pairs do not fit the GPU at once the L2 variant runs them in waves
+  // (plan.h). Forward, faster than the alternating kernels; backward, slower (H100, LSTM bf16,
+  // T = 1024, ms, waves against alternating: forward 1024 x 3 at B = 16 10.3 / 19.0, 2048 x 1 at
+  // B = 64 58.5 / 65.3; backward 1024 x 3 at B = 16 43.7 / 33.9, 1536 x 1 at B = 64 122 / 83,
+  // 2048 x 1 at B = 64 248 / 154), so a backward in waves runs the alternating kernels, as a choice
+  // (`why` stays empty), unless sm_90's cluster kernels take it. FLASHRNN_WAVES=1: waves in both
+  // passes; FLASHRNN_WAVES=0: in neither.
+  if (reason == nullptr && plan.waves() > 1) {
+    const int waves = waves_setting();
+    if (waves == 0) {
+      reason = "its CTAs do not fit the GPU at once and FLASHRNN_WAVES=0 turns waves off";
+    } else if (backward && waves == -1 && !clusters_run_backward(c, dtype, batch, heads, head_dim, d, plan)) {
+      why.clear();
+      return Family::kAlternating;
+    }
+  }
   if (reason == nullptr) return Family::kMulti;
   why = reason;
   return Family::kAlternating;

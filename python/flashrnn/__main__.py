@@ -53,15 +53,20 @@ def info() -> bool:
     return runs
 
 
+def _runs_fused(family: int, why: str) -> bool:
+    return family != 0 or not why  # 0 with no reason: the alternating kernels chosen as faster
+
+
 def largest_fused_head_dims(function: str, batch: int = 16, heads: int = 1) -> dict[str, int]:
     """Per dtype, the largest multiple of 64 (up to 8192) whose forward and backward both run fused on
-    the current GPU (planned from its limits; nothing is launched)."""
+    the current GPU, or could where the alternating kernels are chosen as the faster ones (planned
+    from its limits; nothing is launched)."""
     from ._ops import DTYPE_CODES
     core, index, code = _core._C, torch.cuda.current_device(), CELLS[function].code
     out = {}
     for dtype, dcode in DTYPE_CODES.items():
         fits = [D for D in range(64, 8193, 64)
-                if all(core.fused_family(code, dcode, batch, heads, D, index, bw)[0] for bw in (False, True))]
+                if all(_runs_fused(*core.fused_family(code, dcode, batch, heads, D, index, bw)) for bw in (False, True))]
         out[str(dtype).split(".")[-1]] = max(fits, default=0)
     return out
 

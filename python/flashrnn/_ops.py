@@ -86,13 +86,14 @@ def _as_kernel_input(Wx: torch.Tensor) -> torch.Tensor:
 def _family_for(spec: CellSpec, family: str, x: torch.Tensor, B: int, N: int, D: int, core, backward: bool) -> str:
     """The kernel family that runs this call: "alternating", "fused" (one CTA per head and batch
     tile) or "multi" (a head spread over co-resident CTAs). A fused op whose shape neither fused
-    family runs falls back to the alternating kernels, with one warning per shape."""
+    family runs falls back to the alternating kernels, with one warning per shape; no warning where
+    the core chose them as the faster kernels (`why` empty: a multi-CTA backward in waves)."""
     if family != "fused":
         return family
     code, why = core.fused_family(spec.code, DTYPE_CODES[x.dtype], B, N, D, x.device.index, backward)
     if code == KERNEL_FAMILIES["alternating"]:
         key = (spec.name, x.dtype, B, N, D, x.device.index, backward)
-        if key not in _warned:
+        if why and key not in _warned:
             _warned.add(key)
             warnings.warn(f"flashrnn: no fused kernel for {spec.name} with head_dim={D}, {N} heads, batch {B} in "
                           f"{x.dtype} on {torch.cuda.get_device_name(x.device)} ({'backward' if backward else 'forward'}"

@@ -10,6 +10,7 @@
 #include "../../common/check.h"
 #include "../../common/params.h"
 #include "cluster_plan.h"
+#include "plan.h"
 
 namespace flashrnn::cluster {
 
@@ -20,18 +21,25 @@ inline bool disabled() {
   return v != nullptr && std::strcmp(v, "") != 0 && std::strcmp(v, "0") != 0;
 }
 
-// Whether the wide cluster kernels (cluster_plan.h make_wide_plan) run a plan of `groups` batch
-// groups where the L2 variant would take `l2_waves` launches (plan.h; 0: it cannot run the shape).
-// Unset FLASHRNN_WIDE: from kWideMinGroups groups on, where they measured faster than the L2
-// variant (H100, LSTM 768 x 1 bf16 fw / fwbw ms: B = 16 3.9 / 12.4 against 2.86 / 7.9, B = 32
-// 3.91 / 12.6 against 3.39 / 11.9, B = 48 3.82 / 12.8 against 4.40 / 18.9, B = 64 fp16 3.82 / 13.1
-// against 4.87 / 20.7: one cluster's step does not depend on the batch, the L2 variant's grows),
-// and wherever the L2 variant needs more than one wave (the wide clusters need not be resident
-// together). "1": always, "forward" / "backward": in that pass only, "0": never.
-constexpr int kWideMinGroups = 3;
-inline bool wide_allowed(bool backward, int groups, int l2_waves) {
+// Whether the wide cluster kernels run the shape of their plan `wide` (cluster_plan.h
+// make_wide_plan) where the L2 variant's plan is `l2` (plan.h; nullptr: it cannot run the shape) on
+// a device of `sm_count` SMs. Unset FLASHRNN_WIDE: where they measured faster than the L2 variant
+// (H100, LSTM bf16, T = 1024, fw / fwbw ms):
+//  - from kWideMinClusters clusters (batch groups x heads) on: 768 x 1 at B = 16 3.9 / 12.4 against
+//    2.86 / 7.9, B = 32 3.91 / 12.6 against 3.39 / 11.9, B = 48 3.82 / 12.8 against 4.40 / 18.9;
+//    768 x 2 at B = 32 3.83 / 15.0 against 6.08 / 30.9 (one cluster's step does not depend on the
+//    batch, the L2 variant's grows);
+//  - in the backward, wherever the L2 variant's CTAs outnumber the SMs (two share an SM): 768 x 2 at
+//    B = 16 3.81 / 12.7 against 3.56 / 18.6 (the forward stays with the L2 variant there);
+//  - wherever the L2 variant needs more than one wave or cannot run (the wide clusters need not be
+//    resident together).
+// "1": always, "forward" / "backward": in that pass only, "0": never.
+constexpr int kWideMinClusters = 3;
+inline bool wide_allowed(bool backward, const Plan& wide, const multi::Plan* l2, int sm_count) {
   const char* v = std::getenv("FLASHRNN_WIDE");
-  if (v == nullptr || std::strcmp(v, "") == 0) return groups >= kWideMinGroups || l2_waves != 1;
+  if (v == nullptr || std::strcmp(v, "") == 0)
+    return l2 == nullptr || l2->waves() != 1 || wide.groups * wide.heads >= kWideMinClusters ||
+           (backward && l2->ctas > sm_count);
   return std::strcmp(v, "1") == 0 || std::strcmp(v, backward ? "backward" : "forward") == 0;
 }
 

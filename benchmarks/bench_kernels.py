@@ -112,14 +112,15 @@ def main():
         ours(f"{function} cuda_fused", function, "cuda_fused", B, 3, 256, "bf16")
     # 768 x 2: the L2 variant forward, the wide clusters backward (sm_90). Heads whose CTAs do not all
     # fit at once: 768 x 3 in wide clusters; 1024 x 3 and 2048 x 1 at B = 64 forward in waves of
-    # launches, backward in the alternating kernels (core.cpp); FLASHRNN_WAVES=1: backward in waves too
+    # launches, backward in the alternating kernels (core.cpp); FLASHRNN_MULTI_BACKWARD=1: the L2
+    # variant's backward in waves
     ours("lstm cuda_fused", "lstm", "cuda_fused", B, 2, 768, "bf16")
     ours("lstm cuda_fused", "lstm", "cuda_fused", B, 3, 768, "bf16")
     ours("lstm cuda_fused", "lstm", "cuda_fused", B, 3, 1024, "bf16")
     ours("lstm cuda_fused", "lstm", "cuda_fused", 64, 1, 2048, "bf16")
-    os.environ["FLASHRNN_WAVES"] = "1"
-    ours("lstm cuda_fused (FLASHRNN_WAVES=1)", "lstm", "cuda_fused", 64, 1, 2048, "bf16")
-    del os.environ["FLASHRNN_WAVES"]
+    os.environ["FLASHRNN_MULTI_BACKWARD"] = "1"
+    ours("lstm cuda_fused (FLASHRNN_MULTI_BACKWARD=1)", "lstm", "cuda_fused", 64, 1, 2048, "bf16")
+    del os.environ["FLASHRNN_MULTI_BACKWARD"]
     # 256 x 3 and 768 x 1 run in clusters (distributed shared memory) on sm_90; the L2 variant for comparison
     os.environ["FLASHRNN_MULTI_L2"] = "1"
     ours("lstm cuda_fused (L2 variant)", "lstm", "cuda_fused", B, 3, 256, "bf16")

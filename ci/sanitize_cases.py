@@ -11,8 +11,9 @@ with FLASHRNN_MULTICAST=0 (the last case) with per-CTA copies as on sm_80/86. He
 runs the L2 variant's backward with CTAs of dR and db alongside its recurrence (lstm and slstm on
 an H100), and with FLASHRNN_WIDE=1 the wide cluster kernels (sm_90: 16 CTAs of 48 units, R partly
 in registers, dR and db alongside). Head dim 1024 x 3 heads runs the L2 variant in two waves of
-launches (two heads, then one). `python ci/sanitize_cases.py 768` runs only the cases of that head
-dim."""
+launches (two heads, then one; FLASHRNN_MULTI_BACKWARD=1 so that the backward does too rather than
+give way to the alternating kernels). `python ci/sanitize_cases.py 768` runs only the cases of that
+head dim."""
 import os
 import sys
 
@@ -25,6 +26,7 @@ CASES = [("cuda_fused", 48, 2, "", "", ""), ("cuda_fused", 16, 48, "", "", ""), 
          ("cuda_fused", 256, 2, "", "", ""), ("cuda_fused", 256, 2, "1", "", ""), ("cuda_fused", 256, 2, "1", "0", ""),
          ("cuda_fused", 768, 1, "", "", ""), ("cuda_fused", 768, 1, "", "", "1"), ("cuda_fused", 1024, 3, "", "", "")]
 only = [int(d) for d in sys.argv[1:]]
+os.environ["FLASHRNN_MULTI_BACKWARD"] = "1"
 for function in flashrnn.CELLS:
     for backend, D, N, multi_l2, multicast, wide in CASES:
         if only and D not in only:

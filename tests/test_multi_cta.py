@@ -29,10 +29,10 @@ pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("poison_outputs", "waves_
 
 @pytest.fixture
 def waves_enabled(monkeypatch):
-    # Shapes whose CTAs do not all fit at once run in waves (plan.h); by default only the forward,
-    # the backward runs the alternating kernels (faster, core.cpp). FLASHRNN_WAVES=1 runs the
-    # backward in waves too, so that this file checks the L2 kernels there.
-    monkeypatch.setenv("FLASHRNN_WAVES", "1")
+    # Where the L2 variant's CTAs share SMs or run in waves (plan.h), its backward gives way to the
+    # alternating kernels by default (faster, core.cpp); FLASHRNN_MULTI_BACKWARD=1 runs it there
+    # too, so that this file checks the L2 kernels at those shapes.
+    monkeypatch.setenv("FLASHRNN_MULTI_BACKWARD", "1")
 
 
 def family(function, dtype, B, N, D, backward):
@@ -303,14 +303,16 @@ def test_multi_cta_wide_kernels_run_heads_the_l2_variant_runs_in_waves(monkeypat
     check_against_reference("lstm", "cuda_fused", torch.bfloat16, B, T, N, D)
 
 
-def test_multi_cta_backward_in_waves_runs_the_alternating_kernels_by_default(monkeypatch):
-    # 2048 x 1 at B = 64 (four waves on a 132-SM card): the forward runs in waves, the backward the
-    # alternating kernels, chosen as faster and so without a warning (core.cpp fused_family);
-    # FLASHRNN_WAVES=0 runs no waves, and says so.
-    monkeypatch.delenv("FLASHRNN_WAVES")
-    B, T, N, D, dt = 64, 5, 1, 2048, torch.bfloat16
-    if device_plan("lstm", dt, B, N, D, True)["waves"] == 1:
-        pytest.skip("this GPU runs the shape's backward in one wave")
+@pytest.mark.parametrize("B", [64, 16])
+def test_multi_cta_backward_runs_the_alternating_kernels_where_l2_ctas_share_sms(B, monkeypatch):
+    # 2048 x 1: 256 CTAs per batch group, two per SM on a 132-SM card; at B = 64 four waves. The
+    # forward runs the L2 variant, the backward the alternating kernels, chosen as faster and so
+    # without a warning (core.cpp fused_family); FLASHRNN_MULTI_BACKWARD=1 the L2 variant again.
+    monkeypatch.delenv("FLASHRNN_MULTI_BACKWARD")
+    T, N, D, dt = 5, 1, 2048, torch.bfloat16
+    plan = device_plan("lstm", dt, B, N, D, True)
+    if plan["waves"] == 1 and plan["ctas"] <= torch.cuda.get_device_properties(0).multi_processor_count:
+        pytest.skip("every L2 CTA has an SM of its own on this GPU")
     assert family("lstm", dt, B, N, D, False) == ("multi", "")
     assert family("lstm", dt, B, N, D, True) == ("alternating", "")
     inputs, _, _, weights = float64_reference("lstm", B, T, N, D, dt, "random", 23)
@@ -319,10 +321,8 @@ def test_multi_cta_backward_in_waves_runs_the_alternating_kernels_by_default(mon
         names = cuda_kernel_names(lambda: run_with_grads("lstm", "cuda_fused", inputs, weights))
     assert "multi_forward_kernel" in names and "multi_backward_kernel" not in names, names
     check_against_reference("lstm", "cuda_fused", dt, B, T, N, D)
-    monkeypatch.setenv("FLASHRNN_WAVES", "0")
-    for backward in (False, True):
-        fam, why = family("lstm", dt, B, N, D, backward)
-        assert fam == "alternating" and "FLASHRNN_WAVES=0" in why, (backward, fam, why)
+    monkeypatch.setenv("FLASHRNN_MULTI_BACKWARD", "1")
+    assert family("lstm", dt, B, N, D, True) == ("multi", "")
 
 
 def test_multi_cta_wide_backward_where_the_l2_ctas_share_sms(monkeypatch):

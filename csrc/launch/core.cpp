@@ -117,11 +117,11 @@ int bucket_that_fits(CellKind cell, DType dtype, int64_t head_dim, const DeviceL
   return fits ? bucket : 0;
 }
 
-// FLASHRNN_WAVES: "1" or "0" where set so, else -1 (tests and benchmarks compare the ways on one card).
-int waves_setting() {
-  const char* v = std::getenv("FLASHRNN_WAVES");
-  if (v == nullptr) return -1;
-  return std::strcmp(v, "1") == 0 ? 1 : std::strcmp(v, "0") == 0 ? 0 : -1;
+// FLASHRNN_MULTI_BACKWARD=1: the L2 variant's backward wherever it runs, also where the alternating
+// kernels are chosen as faster (fused_family; tests and benchmarks compare both on one card).
+bool multi_backward_forced() {
+  const char* v = std::getenv("FLASHRNN_MULTI_BACKWARD");
+  return v != nullptr && std::strcmp(v, "1") == 0;
 }
 
 // Whether sm_90's cluster kernels run this backward (multi_backward.cuh: the cluster variant, else
@@ -155,21 +155,20 @@ Family fused_family(CellKind cell, DType dtype, int64_t batch, int64_t heads, in
   multi::Plan plan;
   const char* reason = multi::make_plan(plan, backward, c.gates_r, element_size(dtype), batch, heads, head_dim,
                                         d.smem_per_block, d.smem_per_sm, d.sm_count);
-  // Where all (head, batch group) pairs do not fit the GPU at once the L2 variant runs them in waves
-  // (plan.h). Forward, faster than the alternating kernels; backward, slower (H100, LSTM bf16,
-  // T = 1024, ms, waves against alternating: forward 1024 x 3 at B = 16 10.3 / 19.0, 2048 x 1 at
-  // B = 64 58.5 / 65.3; backward 1024 x 3 at B = 16 43.7 / 33.9, 1536 x 1 at B = 64 122 / 83,
-  // 2048 x 1 at B = 64 248 / 154), so a backward in waves runs the alternating kernels, as a choice
-  // (`why` stays empty), unless sm_90's cluster kernels take it. FLASHRNN_WAVES=1: waves in both
-  // passes; FLASHRNN_WAVES=0: in neither.
-  if (reason == nullptr && plan.waves() > 1) {
-    const int waves = waves_setting();
-    if (waves == 0) {
-      reason = "its CTAs do not fit the GPU at once and FLASHRNN_WAVES=0 turns waves off";
-    } else if (backward && waves == -1 && !clusters_run_backward(c, dtype, batch, heads, head_dim, d, plan)) {
-      why.clear();
-      return Family::kAlternating;
-    }
+  // Where two of the L2 variant's CTAs share an SM or its (head, batch group) pairs run in waves
+  // (plan.h), its forward still beats the alternating kernels, its backward does not (H100, LSTM
+  // bf16, T = 1024, ms, L2 variant against alternating, 2026-12-06):
+  //   forward:  2048 x 1 B = 16 15.0 / 18.2, 1536 x 1 B = 32 17.5 / 26.9, 1024 x 3 B = 16 (waves)
+  //             10.2 / 19.4, 2048 x 1 B = 64 (waves) 58.6 / 65.9;
+  //   backward: 2048 x 1 B = 16 62.1 / 39.1, 1536 x 1 B = 16 31.0 / 29.5, 1536 x 1 B = 32 61.6 / 44.1,
+  //             1024 x 3 B = 16 (waves) 43.7 / 33.9, 2048 x 1 B = 64 (waves) 252.6 / 155.4;
+  //   (one CTA per SM the L2 backward wins: 1024 x 1 B = 16 8.3 / 18.9, B = 64 48.1 / 53.6).
+  // So there the backward runs the alternating kernels, as a choice (`why` stays empty), unless
+  // sm_90's cluster kernels take it.
+  if (reason == nullptr && backward && (plan.waves() > 1 || plan.ctas > d.sm_count) && !multi_backward_forced() &&
+      !clusters_run_backward(c, dtype, batch, heads, head_dim, d, plan)) {
+    why.clear();
+    return Family::kAlternating;
   }
   if (reason == nullptr) return Family::kMulti;
   why = reason;

@@ -305,14 +305,14 @@ def test_multi_cta_wide_kernels_run_heads_the_l2_variant_runs_in_waves(monkeypat
 
 @pytest.mark.parametrize("B", [64, 16])
 def test_multi_cta_backward_runs_the_alternating_kernels_where_l2_ctas_share_sms(B, monkeypatch):
-    # 2048 x 1: 256 CTAs per batch group, two per SM on a 132-SM card; at B = 64 four waves. The
+    # 2048 x 1: 256 CTAs per head and batch group, two per SM on a 132-SM card; at B = 64 four waves. The
     # forward runs the L2 variant, the backward the alternating kernels, chosen as faster and so
     # without a warning (core.cpp fused_family); FLASHRNN_MULTI_BACKWARD=1 the L2 variant again.
     monkeypatch.delenv("FLASHRNN_MULTI_BACKWARD")
     T, N, D, dt = 5, 1, 2048, torch.bfloat16
     plan = device_plan("lstm", dt, B, N, D, True)
-    if plan["waves"] == 1 and plan["ctas"] <= torch.cuda.get_device_properties(0).multi_processor_count:
-        pytest.skip("every L2 CTA has an SM of its own on this GPU")
+    if plan["waves"] == 1 and plan["slices"] <= torch.cuda.get_device_properties(0).multi_processor_count:
+        pytest.skip("one head's CTAs have an SM each on this GPU")
     assert family("lstm", dt, B, N, D, False) == ("multi", "")
     assert family("lstm", dt, B, N, D, True) == ("alternating", "")
     inputs, _, _, weights = float64_reference("lstm", B, T, N, D, dt, "random", 23)

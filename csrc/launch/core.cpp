@@ -155,17 +155,19 @@ Family fused_family(CellKind cell, DType dtype, int64_t batch, int64_t heads, in
   multi::Plan plan;
   const char* reason = multi::make_plan(plan, backward, c.gates_r, element_size(dtype), batch, heads, head_dim,
                                         d.smem_per_block, d.smem_per_sm, d.sm_count);
-  // Where two of the L2 variant's CTAs share an SM or its (head, batch group) pairs run in waves
-  // (plan.h), its forward still beats the alternating kernels, its backward does not (H100, LSTM
-  // bf16, T = 1024, ms, L2 variant against alternating, 2026-12-06):
+  // Where one head's CTAs for one batch group outnumber the SMs (two of them share an SM) or the
+  // (head, batch group) pairs run in waves (plan.h), the L2 variant's forward still beats the
+  // alternating kernels, its backward does not (H100, LSTM bf16, T = 1024, ms, L2 variant against
+  // alternating, 2026-12-06):
   //   forward:  2048 x 1 B = 16 15.0 / 18.2, 1536 x 1 B = 32 17.5 / 26.9, 1024 x 3 B = 16 (waves)
   //             10.2 / 19.4, 2048 x 1 B = 64 (waves) 58.6 / 65.9;
   //   backward: 2048 x 1 B = 16 62.1 / 39.1, 1536 x 1 B = 16 31.0 / 29.5, 1536 x 1 B = 32 61.6 / 44.1,
   //             1024 x 3 B = 16 (waves) 43.7 / 33.9, 2048 x 1 B = 64 (waves) 252.6 / 155.4;
-  //   (one CTA per SM the L2 backward wins: 1024 x 1 B = 16 8.3 / 18.9, B = 64 48.1 / 53.6).
+  //   (at 128 CTAs per head and group the L2 backward wins: 1024 x 1 B = 16 8.3 / 18.9, B = 64
+  //   (two groups, 256 CTAs) 48.1 / 53.6).
   // So there the backward runs the alternating kernels, as a choice (`why` stays empty), unless
   // sm_90's cluster kernels take it.
-  if (reason == nullptr && backward && (plan.waves() > 1 || plan.ctas > d.sm_count) && !multi_backward_forced() &&
+  if (reason == nullptr && backward && (plan.waves() > 1 || plan.slices > d.sm_count) && !multi_backward_forced() &&
       !clusters_run_backward(c, dtype, batch, heads, head_dim, d, plan)) {
     why.clear();
     return Family::kAlternating;

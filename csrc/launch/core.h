@@ -31,7 +31,7 @@ std::vector<int> fused_buckets(DType dtype);
 
 // Which fused family runs this shape on `device`: kFused, kMulti, or kAlternating when neither
 // does, with the reason in `why`, or (`why` empty) where the alternating kernels measured faster
-// (a multi-CTA backward whose CTAs share SMs, core.cpp). The forward and the backward pass are planned separately.
+// (some multi-CTA backwards, core.cpp). The forward and the backward pass are planned separately.
 Family fused_family(CellKind cell, DType dtype, int64_t batch, int64_t heads, int64_t head_dim, int device,
                     bool backward, std::string& why);
 

@@ -87,7 +87,7 @@ def _family_for(spec: CellSpec, family: str, x: torch.Tensor, B: int, N: int, D:
     """The kernel family that runs this call: "alternating", "fused" (one CTA per head and batch
     tile) or "multi" (a head spread over co-resident CTAs). A fused op whose shape neither fused
     family runs falls back to the alternating kernels, with one warning per shape; no warning where
-    the core chose them as the faster kernels (`why` empty: a multi-CTA backward whose CTAs share SMs)."""
+    the core chose them as the faster kernels (`why` empty: some multi-CTA backwards)."""
     if family != "fused":
         return family
     code, why = core.fused_family(spec.code, DTYPE_CODES[x.dtype], B, N, D, x.device.index, backward)

@@ -24,14 +24,14 @@ from flashrnn._cells import CELLS
 from conftest import float64_reference, run_with_grads
 from test_gpu import DTYPES, OPTIONS, check_against_reference, check_fused_repeatable_and_agrees, check_option
 
-pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("poison_outputs", "waves_enabled")]
+pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("poison_outputs", "multi_backward_forced")]
 
 
 @pytest.fixture
-def waves_enabled(monkeypatch):
-    # Where the L2 variant's CTAs share SMs or run in waves (plan.h), its backward gives way to the
-    # alternating kernels by default (faster, core.cpp); FLASHRNN_MULTI_BACKWARD=1 runs it there
-    # too, so that this file checks the L2 kernels at those shapes.
+def multi_backward_forced(monkeypatch):
+    # Where one head's CTAs for one batch group outnumber the SMs or run in waves (plan.h), the L2
+    # variant's backward gives way to the alternating kernels by default (faster, core.cpp);
+    # FLASHRNN_MULTI_BACKWARD=1 runs it there too, so that this file checks it at those shapes.
     monkeypatch.setenv("FLASHRNN_MULTI_BACKWARD", "1")
 
 

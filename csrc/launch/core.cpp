@@ -12,6 +12,7 @@
 #include "../kernels/fused/tuning.h"
 #include "../kernels/multi/cluster_launch.h"
 #include "../kernels/multi/plan.h"
+#include "../kernels/multi/switches.h"
 #include "../kernels/weight_grad/sizes.h"
 #include "launchers.h"
 
@@ -154,7 +155,8 @@ Family fused_family(CellKind cell, DType dtype, int64_t batch, int64_t heads, in
   if (bucket_that_fits(cell, dtype, head_dim, d) != 0) return Family::kFused;
   multi::Plan plan;
   const char* reason = multi::make_plan(plan, backward, c.gates_r, element_size(dtype), batch, heads, head_dim,
-                                        d.smem_per_block, d.smem_per_sm, d.sm_count);
+                                        d.smem_per_block, d.smem_per_sm, d.sm_count,
+                                        backward && multi::backward_ring(d));  // as the launch plans it
   // Where one head's CTAs for one batch group outnumber the SMs (two of them share an SM) or the
   // (head, batch group) pairs run in waves (plan.h), the L2 variant's forward still beats the
   // alternating kernels, its backward does not (H100, LSTM bf16, T = 1024, ms, L2 variant against

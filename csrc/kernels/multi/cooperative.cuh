@@ -6,8 +6,6 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
-#include <cstdlib>
-#include <cstring>
 
 #include "../../common/check.h"
 #include "../../common/params.h"
@@ -15,6 +13,7 @@
 #include "../weight_grad/sizes.h"
 #include "cluster_launch.h"
 #include "plan.h"
+#include "switches.h"
 
 namespace flashrnn::multi {
 
@@ -136,23 +135,6 @@ struct RingCursor {
     }
   }
 };
-
-// FLASHRNN_MULTICAST=0 turns the multicast staging off (each CTA copies every row itself, as on
-// sm_80/86), =8 keeps clusters portable: tests and benchmarks compare them on one card.
-inline int multicast_largest() {
-  const char* v = std::getenv("FLASHRNN_MULTICAST");
-  if (v == nullptr) return 16;
-  return std::strcmp(v, "0") == 0 ? 1 : std::strcmp(v, "8") == 0 ? 8 : 16;
-}
-
-// Whether the environment variable `name` is "0" (a switch that is on unless so turned off):
-// FLASHRNN_DR_ALONGSIDE (the backward's dR and db alongside the recurrence, weight_grad/alongside.cuh;
-// off: weight_grad_kernel after it, as where no SM is left free) and FLASHRNN_PRODUCER (the
-// backward's producer warp, multi_backward.cuh). Tests and benchmarks compare both ways on one card.
-inline bool turned_off(const char* name) {
-  const char* v = std::getenv(name);
-  return v != nullptr && std::strcmp(v, "0") == 0;
-}
 
 // Completes `plan` for a cooperative launch of `kernel` on `device` (and sets the kernel's
 // attributes it needs): on sm_90 plan.cluster, the largest cluster (16 where the device allows it,

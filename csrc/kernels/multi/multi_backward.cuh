@@ -269,16 +269,11 @@ __global__ void __launch_bounds__(multi::kThreads + (kProducer ? 32 : 0), kProdu
   if (multicast) cluster_sync();  // no CTA leaves while its copies may still be landing in a peer
 }
 
-// Whether the L2 variant's backward stages through a ring of buffers (multicast stages them, as a rule).
-inline bool backward_ring(const DeviceLimits& device) {
-  return device.cc_major >= 9 && multi::multicast_largest() > 1;
-}
-
 // The L2 variant's backward plan before its launch is planned (plan.h), or why it cannot run.
 template <class Cell, class T>
 const char* make_multi_backward_plan(multi::Plan& plan, const BackwardParams& p, const DeviceLimits& device) {
   return multi::make_plan(plan, true, Cell::kGatesR, sizeof(T), p.batch, p.heads, p.head_dim, device.smem_per_block,
-                          device.smem_per_sm, device.sm_count, backward_ring(device));
+                          device.smem_per_sm, device.sm_count, multi::backward_ring(device));
 }
 
 // The L2 variant's plan for p on `device` (`plan` and `why` from make_multi_backward_plan),
@@ -288,7 +283,7 @@ template <class Cell, class T>
 multi::Plan multi_backward_plan(multi::Plan plan, const char* why, const BackwardParams& p,
                                 const DeviceLimits& device) {
   FLASHRNN_CHECK(why == nullptr, "multi-CTA backward: " << why);
-  const bool ring = backward_ring(device);
+  const bool ring = multi::backward_ring(device);
   plan.alongside = sizeof(T) == 2 && !p.recurrent_cut && p.steps > 0 && plan.smem >= alongside::kSmemBytes &&
                    plan.waves() == 1;  // (the workers' flags and sums span all heads and groups)
   // A producer warp where buffers are refilled within a step and every CTA has an SM of its own.

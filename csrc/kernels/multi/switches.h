@@ -1,0 +1,34 @@
+// The multi-CTA family's environment switches, read on the host by the launchers (cooperative.cuh,
+// multi_backward.cuh) and by fused_family (launch/core.cpp), so that both plan a shape alike.
+#pragma once
+
+#include <cstdlib>
+#include <cstring>
+
+#include "../../common/params.h"
+
+namespace flashrnn::multi {
+
+// FLASHRNN_MULTICAST=0 turns the multicast staging off (each CTA copies every row itself, as on
+// sm_80/86), =8 keeps clusters portable: tests and benchmarks compare them on one card.
+inline int multicast_largest() {
+  const char* v = std::getenv("FLASHRNN_MULTICAST");
+  if (v == nullptr) return 16;
+  return std::strcmp(v, "0") == 0 ? 1 : std::strcmp(v, "8") == 0 ? 8 : 16;
+}
+
+// Whether the environment variable `name` is "0" (a switch that is on unless so turned off):
+// FLASHRNN_DR_ALONGSIDE (the backward's dR and db alongside the recurrence, weight_grad/alongside.cuh;
+// off: weight_grad_kernel after it, as where no SM is left free) and FLASHRNN_PRODUCER (the
+// backward's producer warp, multi_backward.cuh). Tests and benchmarks compare both ways on one card.
+inline bool turned_off(const char* name) {
+  const char* v = std::getenv(name);
+  return v != nullptr && std::strcmp(v, "0") == 0;
+}
+
+// Whether the L2 variant's backward stages through a ring of buffers (multicast stages them, as a rule).
+inline bool backward_ring(const DeviceLimits& device) {
+  return device.cc_major >= 9 && multicast_largest() > 1;
+}
+
+}  // namespace flashrnn::multi

@@ -4,8 +4,6 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
-#include <cstdlib>
-#include <cstring>
 #include <type_traits>
 
 #include "../common/check.h"
@@ -118,13 +116,6 @@ int bucket_that_fits(CellKind cell, DType dtype, int64_t head_dim, const DeviceL
   return fits ? bucket : 0;
 }
 
-// FLASHRNN_MULTI_BACKWARD=1: the L2 variant's backward wherever it runs, also where the alternating
-// kernels are chosen as faster (fused_family; tests and benchmarks compare both on one card).
-bool multi_backward_forced() {
-  const char* v = std::getenv("FLASHRNN_MULTI_BACKWARD");
-  return v != nullptr && std::strcmp(v, "1") == 0;
-}
-
 // Whether sm_90's cluster kernels run this backward (multi_backward.cuh: the cluster variant, else
 // its wide form where wide_allowed), the L2 variant's plan being `l2`. By their plans: a launch that
 // finds its clusters do not fit the device runs the L2 variant.
@@ -134,8 +125,7 @@ bool clusters_run_backward(const CellInfo& c, DType dtype, int64_t batch, int64_
   const int esize = element_size(dtype);
   cluster::Plan p;
   if (cluster::make_plan(p, true, c.gates_r, esize, batch, heads, head_dim, d.smem_per_block) == nullptr) return true;
-  return cluster::make_wide_plan(p, true, c.gates_r, esize, batch, heads, head_dim, d.smem_per_block) == nullptr &&
-         cluster::wide_allowed(true, p, &l2, d.sm_count);
+  return cluster::wide_takes(p, true, c.gates_r, esize, batch, heads, head_dim, d.smem_per_block, &l2, d.sm_count);
 }
 }  // namespace
 
@@ -169,7 +159,7 @@ Family fused_family(CellKind cell, DType dtype, int64_t batch, int64_t heads, in
   //   (two groups, 256 CTAs) 48.1 / 53.6).
   // So there the backward runs the alternating kernels, as a choice (`why` stays empty), unless
   // sm_90's cluster kernels take it.
-  if (reason == nullptr && backward && (plan.waves() > 1 || plan.slices > d.sm_count) && !multi_backward_forced() &&
+  if (reason == nullptr && backward && (plan.waves() > 1 || plan.slices > d.sm_count) && !multi::multi_backward_forced() &&
       !clusters_run_backward(c, dtype, batch, heads, head_dim, d, plan)) {
     why.clear();
     return Family::kAlternating;

@@ -43,6 +43,14 @@ inline bool wide_allowed(bool backward, const Plan& wide, const multi::Plan* l2,
   return std::strcmp(v, "1") == 0 || std::strcmp(v, backward ? "backward" : "forward") == 0;
 }
 
+// Whether the wide cluster kernels take this shape: their plan (into `wide`) succeeds and
+// wide_allowed; `l2` and `sm_count` as there.
+inline bool wide_takes(Plan& wide, bool backward, int gates_r, int esize, long long batch, long long heads,
+                       long long head_dim, int smem_per_block, const multi::Plan* l2, int sm_count) {
+  return make_wide_plan(wide, backward, gates_r, esize, batch, heads, head_dim, smem_per_block) == nullptr &&
+         wide_allowed(backward, wide, l2, sm_count);
+}
+
 // How many clusters of `size` CTAs of `kernel` (at config's block and shared-memory sizes) the
 // device holds at once; 0 where it holds none or the query fails. Leaves config with the
 // cluster-dimension attribute `attr` as its only attribute.

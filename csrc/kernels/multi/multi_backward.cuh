@@ -330,9 +330,8 @@ void launch_multi_backward(const BackwardParams& p, const DeviceLimits& device, 
   const char* why = make_multi_backward_plan<Cell, T>(l2, p, device);
   if constexpr (sizeof(T) == 2) {
     const auto kernel = cluster_wide_backward_kernel<Cell, T>;
-    if (cluster::make_wide_plan(cplan, true, Cell::kGatesR, sizeof(T), p.batch, p.heads, p.head_dim,
-                                device.smem_per_block) == nullptr &&
-        cluster::wide_allowed(true, cplan, why == nullptr ? &l2 : nullptr, device.sm_count)) {
+    if (cluster::wide_takes(cplan, true, Cell::kGatesR, sizeof(T), p.batch, p.heads, p.head_dim,
+                            device.smem_per_block, why == nullptr ? &l2 : nullptr, device.sm_count)) {
       if (!p.recurrent_cut && p.steps > 0 && !multi::turned_off("FLASHRNN_DR_ALONGSIDE"))
         cluster::plan_workers(kernel, cplan, device, weight_grad::kAlongsideMinCtas, alongside::kSmemBytes);
       if (cplan.worker_groups > 0) clear_flags();

@@ -187,9 +187,8 @@ void launch_multi_forward(const ForwardParams& p, const DeviceLimits& device, cu
   const char* why = multi::make_plan(plan, false, Cell::kGatesR, sizeof(T), p.batch, p.heads, p.head_dim,
                                      device.smem_per_block, device.smem_per_sm, device.sm_count);
   if constexpr (sizeof(T) == 2) {
-    if (cluster::make_wide_plan(cplan, false, Cell::kGatesR, sizeof(T), p.batch, p.heads, p.head_dim,
-                                device.smem_per_block) == nullptr &&
-        cluster::wide_allowed(false, cplan, why == nullptr ? &plan : nullptr, device.sm_count) &&
+    if (cluster::wide_takes(cplan, false, Cell::kGatesR, sizeof(T), p.batch, p.heads, p.head_dim,
+                            device.smem_per_block, why == nullptr ? &plan : nullptr, device.sm_count) &&
         cluster::launch_clusters(cluster_wide_forward_kernel<Cell, T>, cplan, device, stream,
                                  "cluster_wide_forward_kernel", p, cplan))
       return;

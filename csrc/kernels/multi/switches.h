@@ -26,6 +26,14 @@ inline bool turned_off(const char* name) {
   return v != nullptr && std::strcmp(v, "0") == 0;
 }
 
+// FLASHRNN_MULTI_BACKWARD=1: the L2 variant's backward wherever it runs, also where the alternating
+// kernels are chosen as faster (fused_family, launch/core.cpp; tests and benchmarks compare both on
+// one card).
+inline bool multi_backward_forced() {
+  const char* v = std::getenv("FLASHRNN_MULTI_BACKWARD");
+  return v != nullptr && std::strcmp(v, "1") == 0;
+}
+
 // Whether the L2 variant's backward stages through a ring of buffers (multicast stages them, as a rule).
 inline bool backward_ring(const DeviceLimits& device) {
   return device.cc_major >= 9 && multicast_largest() > 1;

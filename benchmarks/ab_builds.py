@@ -38,6 +38,7 @@ def main():
     ap.add_argument("builds", nargs="+")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--timeout", type=float, default=180, help="seconds one build's run may take")
     ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # child process: one build
     args = ap.parse_args()
     if args.one:
@@ -45,7 +46,13 @@ def main():
         return
     for _ in range(args.rounds):
         for build in args.builds:
-            subprocess.run([sys.executable, __file__, "--one", build, "--reps", str(args.reps)], check=True)
+            try:
+                done = subprocess.run([sys.executable, __file__, "--one", build, "--reps", str(args.reps)],
+                                      timeout=args.timeout)
+                if done.returncode:
+                    print(f"{build}: exit status {done.returncode}", flush=True)
+            except subprocess.TimeoutExpired:
+                print(f"{build}: no result within {args.timeout:.0f} s (a hang?)", flush=True)
 
 
 if __name__ == "__main__":

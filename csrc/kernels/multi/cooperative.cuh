@@ -27,11 +27,10 @@ template <unsigned kSleepNs>
 __device__ __forceinline__ void poll_flags(const unsigned* flags, int count, unsigned want, int first, int stride) {
   for (int i = first; i < count; i += stride) {
     long long polls = 0;
-    while (ld_relaxed_gpu(flags + i) < want) {
+    while (ld_acquire_gpu(flags + i) < want) {
       if (++polls > kMaxPolls) __trap();
       __nanosleep(kSleepNs);
-    }
-    ld_acquire_gpu(flags + i);  // (a fence.acq_rel instead: slower, it waits for the thread's stores and loads in flight)
+    }  // (a fence.acq_rel instead: slower, it waits for the thread's stores and loads in flight)
   }
 }
 
@@ -43,8 +42,8 @@ __device__ __forceinline__ void poll_flags(const unsigned* flags, int count, uns
 // recurrence, less often).
 template <int kPollers = 0, unsigned kSleepNs = 32>
 __device__ __forceinline__ void wait_for_flags(const unsigned* flags, int count, unsigned want) {
-  if (kPollers == 0 || int(threadIdx.x) < kPollers)
-    poll_flags<kSleepNs>(flags, count, want, int(threadIdx.x), kPollers > 0 ? kPollers : int(blockDim.x));
+  if (kPollers > 0 && int(threadIdx.x) < kPollers) poll_flags<kSleepNs>(flags, count, want, int(threadIdx.x), kPollers);
+  if (kPollers == 0) poll_flags<kSleepNs>(flags, count, want, int(blockDim.x - 1 - threadIdx.x), int(blockDim.x));
   __syncthreads();
 }
 
@@ -61,7 +60,7 @@ __device__ __forceinline__ void meet(int threads) {
 // `threads` > 0: only the block's first `threads` threads meet (see meet()).
 __device__ __forceinline__ void release_flag(unsigned* flag, unsigned value, int threads = 0) {
   meet(threads);
-  if (threadIdx.x == 0) st_release_gpu(flag, value);
+  if (int(threadIdx.x) == (threads > 0 ? threads : int(blockDim.x)) - 1) st_release_gpu(flag, value);
 }
 
 // Rows of pieces to stage from global into shared memory: piece (r, s) of `bytes` (a multiple of

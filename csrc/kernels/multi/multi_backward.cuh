@@ -139,7 +139,7 @@ __global__ void __launch_bounds__(multi::kThreads + (kProducer ? 32 : 0), kProdu
     unsigned char* dst = stage + put.slot * slot_bytes;
     if (multicast) {
       multi::multicast_pieces(dst, plan.a_row, from, plan.cluster, &full[put.slot],
-                              producer ? multi::kWarps : j % multi::kWarps);
+                              producer ? multi::kWarps : multi::kWarps - 1 - j % multi::kWarps);
     } else {
       multi::copy_pieces(dst, plan.a_row, from);
     }
@@ -221,8 +221,8 @@ __global__ void __launch_bounds__(multi::kThreads + (kProducer ? 32 : 0), kProdu
       // Refill the buffer with chunk j + ahead once every CTA of the cluster is done with chunk j:
       // each tells every peer, the refill's issuing warp waits for all of them.
       if (multicast) {
-        if (tid < plan.cluster) arrive_remote(&empty[slot], unsigned(tid));
-        if (warp == (j + ahead) % multi::kWarps) mbar_wait(&empty[slot], empty_parity >> slot & 1u, cluster::kMaxPolls);
+        if (const int peer = multi::kThreads - 1 - tid; peer < plan.cluster) arrive_remote(&empty[slot], unsigned(peer));
+        if (warp == multi::kWarps - 1 - (j + ahead) % multi::kWarps) mbar_wait(&empty[slot], empty_parity >> slot & 1u, cluster::kMaxPolls);
         empty_parity ^= 1u << slot;
       }
       stage_chunk(s, j + ahead);

@@ -108,7 +108,7 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
     const multi::Pieces from{reinterpret_cast<const unsigned char*>(exchange(int((t - 1) & 1), b0)), words * 4, 0,
                              valid_rows, 1, unsigned(words * 4)};
     if (multicast) {  // every CTA of the cluster has published h_{t-1}: none still reads hs
-      multi::multicast_pieces(hs, plan.a_row, from, plan.cluster, &staged);
+      multi::multicast_pieces(hs, plan.a_row, from, plan.cluster, &staged, multi::kWarps - 1);
       mbar_wait(&staged, unsigned(t - 1) & 1u, cluster::kMaxPolls);
     } else {
       multi::copy_pieces(hs, plan.a_row, from);

@@ -21,8 +21,9 @@ namespace flashrnn::multi {
 // broken launch: the kernel traps (a CUDA error, raised in Python) rather than hanging the GPU.
 constexpr long long kMaxPolls = 1LL << 26;
 
-// Polls flags first, first + stride, ... of `count` until each is at least `want` (relaxed: no L1
-// invalidation per poll), then acquires each once.
+// Polls flags first, first + stride, ... of `count` until each is at least `want`, with acquire
+// loads: the poll that sees the value is the acquire (relaxed polls and then one acquire cost a
+// second L2 round trip per flag).
 template <unsigned kSleepNs>
 __device__ __forceinline__ void poll_flags(const unsigned* flags, int count, unsigned want, int first, int stride) {
   for (int i = first; i < count; i += stride) {
@@ -35,8 +36,8 @@ __device__ __forceinline__ void poll_flags(const unsigned* flags, int count, uns
 }
 
 // Waits until each of the `count` progress flags of this CTA's (head, batch group) is at least
-// `want` (threads of the block poll one flag each, relaxed: no L1 invalidation per poll; then one
-// acquire per flag), then meets the whole block: every write released before those flags is
+// `want` (threads of the block poll one flag each, from the last thread down: past the pointwise
+// rows and their loads in flight), then meets the whole block: every write released before those flags is
 // visible to every thread after it. Called by all threads. kPollers > 0: only that many threads
 // poll, kSleepNs apart (the dR and db CTAs, weight_grad/alongside.cuh, poll the same lines as the
 // recurrence, less often).
@@ -55,7 +56,8 @@ __device__ __forceinline__ void meet(int threads) {
 }
 
 // Meets the whole block (every thread's writes before it are done), then sets this CTA's flag to
-// `value`; the release store orders every write the barrier made visible to thread 0
+// `value`; the release store, by the last thread that meets (past the pointwise rows: the release
+// waits for the thread's own loads in flight), orders every write the barrier made visible to it
 // (cumulativity). Called by all threads.
 // `threads` > 0: only the block's first `threads` threads meet (see meet()).
 __device__ __forceinline__ void release_flag(unsigned* flag, unsigned value, int threads = 0) {

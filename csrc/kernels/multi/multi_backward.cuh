@@ -127,7 +127,8 @@ __global__ void __launch_bounds__(multi::kThreads + (kProducer ? 32 : 0), kProdu
   // is multiplied: plan.slots of them are in flight while the first is multiplied.
   const int chunks = plan.chunks, ahead = plan.slots < chunks ? plan.slots : chunks;
   // Stages chunk j of dg_s into buffer put.slot (multicast: this CTA's share, issued by the
-  // producer warp or by warp j % 8, the warps taking turns; else every thread copies). Called by
+  // producer warp or by warp 7 - j % 8, the warps taking turns from the last, past the pointwise
+  // rows; else every thread copies). Called by
   // the issuing warp(s), once no CTA still reads the buffer's last chunk.
   auto stage_chunk = [&](int64_t s, int j) {  // dg is [B, T, Gb, N, D]: a chunk is whole gates or a column range of one
     const int64_t esize = sizeof(T);
@@ -219,7 +220,7 @@ __global__ void __launch_bounds__(multi::kThreads + (kProducer ? 32 : 0), kProdu
       __syncthreads();  // chunk j is consumed here
       if (j + ahead >= chunks) continue;
       // Refill the buffer with chunk j + ahead once every CTA of the cluster is done with chunk j:
-      // each tells every peer, the refill's issuing warp waits for all of them.
+      // each tells every peer (the last threads arrive), the refill's issuing warp waits for all.
       if (multicast) {
         if (const int peer = multi::kThreads - 1 - tid; peer < plan.cluster) arrive_remote(&empty[slot], unsigned(peer));
         if (warp == multi::kWarps - 1 - (j + ahead) % multi::kWarps) mbar_wait(&empty[slot], empty_parity >> slot & 1u, cluster::kMaxPolls);

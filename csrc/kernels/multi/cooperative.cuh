@@ -37,8 +37,8 @@ __device__ __forceinline__ void poll_flags(const unsigned* flags, int count, uns
 
 // Waits until each of the `count` progress flags of this CTA's (head, batch group) is at least
 // `want` (threads of the block poll one flag each, from the last thread down: past the pointwise
-// rows and their loads in flight), then meets the whole block: every write released before those flags is
-// visible to every thread after it. Called by all threads. kPollers > 0: only that many threads
+// rows and their loads in flight), then meets the whole block: every write released before those
+// flags is visible to every thread after it. Called by all threads. kPollers > 0: only that many threads
 // poll, kSleepNs apart (the dR and db CTAs, weight_grad/alongside.cuh, poll the same lines as the
 // recurrence, less often).
 template <int kPollers = 0, unsigned kSleepNs = 32>

@@ -128,8 +128,8 @@ __global__ void __launch_bounds__(multi::kThreads + (kProducer ? 32 : 0), kProdu
   const int chunks = plan.chunks, ahead = plan.slots < chunks ? plan.slots : chunks;
   // Stages chunk j of dg_s into buffer put.slot (multicast: this CTA's share, issued by the
   // producer warp or by warp 7 - j % 8, the warps taking turns from the last, past the pointwise
-  // rows; else every thread copies). Called by
-  // the issuing warp(s), once no CTA still reads the buffer's last chunk.
+  // rows; else every thread copies). Called by the issuing warp(s), once no CTA still reads the
+  // buffer's last chunk.
   auto stage_chunk = [&](int64_t s, int j) {  // dg is [B, T, Gb, N, D]: a chunk is whole gates or a column range of one
     const int64_t esize = sizeof(T);
     const unsigned char* dg_s = reinterpret_cast<const unsigned char*>(dg_out + (b0 * steps + s - 1) * kGb * ND + n * D);

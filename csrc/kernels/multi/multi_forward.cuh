@@ -6,10 +6,11 @@
 // poll the flags of their (head, batch group) with acquire loads and copy the rows of h_t with
 // cp.async.cg. Releases, polls and multicast issues are done by the block's last threads, past the
 // pointwise rows: a release or acquire waits for the thread's own loads in flight (the next
-// step's Wx from HBM; 768 x 1 bf16 B = 16 fwbw 8.1 -> 7.8 ms on the H100). The buffer can be reused two steps later: a CTA writes h_{t+1} only after
-// every CTA has published h_t, which each did after copying h_{t-1}. (The first version stored
-// each word with its step tag and polled the data itself: 2x the bytes, and an exchange
-// microbenchmark measured 3.23 against 2.58 us per step for flags at 96 CTAs x 64 words.)
+// step's Wx from HBM; 768 x 1 bf16 B = 16 fwbw 8.1 -> 7.8 ms on the H100). The buffer can be
+// reused two steps later: a CTA writes h_{t+1} only after every CTA has published h_t, which each
+// did after copying h_{t-1}. (The first version stored each word with its step tag and polled
+// the data itself: 2x the bytes, and an exchange microbenchmark measured 3.23 against 2.58 us per
+// step for flags at 96 CTAs x 64 words.)
 // On sm_90 the CTAs of a (head, batch group) also form clusters of up to 16 (plan.cluster): each
 // CTA of a cluster copies a share of the rows and multicasts it into every CTA of the cluster
 // (cp.async.bulk, counted by an mbarrier), so a row leaves L2 once per cluster, not once per CTA
@@ -102,8 +103,9 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
   const uint32_t a_src = smem_addr(hs + (mt * 16 + (lane & 15)) * plan.a_row) + (lane >> 4) * 16;
   const float clip = p.forward_clip_value;
   for (int64_t t = 1; t <= steps; ++t) {
-    // Wait until every CTA of this (head, group) has published h_{t-1} (acquire polls), then copy its valid rows into hs through L2 (cp.async.cg: no stale L1 line of
-    // the parity's use two steps ago). A CTA publishes h_{t+1} into this parity again only after
+    // Wait until every CTA of this (head, group) has published h_{t-1} (acquire polls), then copy
+    // its valid rows into hs through L2 (cp.async.cg: no stale L1 line of the parity's use two
+    // steps ago). A CTA publishes h_{t+1} into this parity again only after
     // every CTA has published h_t, i.e. after every CTA's copy of h_{t-1}.
     multi::wait_for_flags(group_flags, plan.slices, unsigned(t));  // every CTA's h_{t-1} is visible
     const multi::Pieces from{reinterpret_cast<const unsigned char*>(exchange(int((t - 1) & 1), b0)), words * 4, 0,

@@ -159,8 +159,8 @@ Family fused_family(CellKind cell, DType dtype, int64_t batch, int64_t heads, in
   //   (two groups, 256 CTAs) 48.1 / 53.6).
   // So there the backward runs the alternating kernels, as a choice (`why` stays empty), unless
   // sm_90's cluster kernels take it.
-  if (reason == nullptr && backward && (plan.waves() > 1 || plan.slices > d.sm_count) && !multi::multi_backward_forced() &&
-      !clusters_run_backward(c, dtype, batch, heads, head_dim, d, plan)) {
+  if (reason == nullptr && backward && (plan.waves() > 1 || plan.slices > d.sm_count) &&
+      !multi::multi_backward_forced() && !clusters_run_backward(c, dtype, batch, heads, head_dim, d, plan)) {
     why.clear();
     return Family::kAlternating;
   }

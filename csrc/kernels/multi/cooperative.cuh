@@ -23,7 +23,8 @@ constexpr long long kMaxPolls = 1LL << 26;
 
 // Polls flags first, first + stride, ... of `count` until each is at least `want`, with acquire
 // loads: the poll that sees the value is the acquire (relaxed polls and then one acquire cost a
-// second L2 round trip per flag).
+// second L2 round trip per flag; a fence.acq_rel instead is slower still: it waits for the
+// thread's stores and loads in flight).
 template <unsigned kSleepNs>
 __device__ __forceinline__ void poll_flags(const unsigned* flags, int count, unsigned want, int first, int stride) {
   for (int i = first; i < count; i += stride) {
@@ -31,20 +32,21 @@ __device__ __forceinline__ void poll_flags(const unsigned* flags, int count, uns
     while (ld_acquire_gpu(flags + i) < want) {
       if (++polls > kMaxPolls) __trap();
       __nanosleep(kSleepNs);
-    }  // (a fence.acq_rel instead: slower, it waits for the thread's stores and loads in flight)
+    }
   }
 }
 
 // Waits until each of the `count` progress flags of this CTA's (head, batch group) is at least
 // `want` (threads of the block poll one flag each, from the last thread down: past the pointwise
 // rows and their loads in flight), then meets the whole block: every write released before those
-// flags is visible to every thread after it. Called by all threads. kPollers > 0: only that many threads
-// poll, kSleepNs apart (the dR and db CTAs, weight_grad/alongside.cuh, poll the same lines as the
-// recurrence, less often).
+// flags is visible to every thread after it. Called by all threads. kPollers > 0: only the first
+// that many threads poll, kSleepNs apart (the dR and db CTAs, weight_grad/alongside.cuh, poll the
+// same lines as the recurrence, less often).
 template <int kPollers = 0, unsigned kSleepNs = 32>
 __device__ __forceinline__ void wait_for_flags(const unsigned* flags, int count, unsigned want) {
-  if (kPollers > 0 && int(threadIdx.x) < kPollers) poll_flags<kSleepNs>(flags, count, want, int(threadIdx.x), kPollers);
-  if (kPollers == 0) poll_flags<kSleepNs>(flags, count, want, int(blockDim.x - 1 - threadIdx.x), int(blockDim.x));
+  const int tid = int(threadIdx.x), threads = int(blockDim.x);
+  if (kPollers == 0) poll_flags<kSleepNs>(flags, count, want, threads - 1 - tid, threads);
+  else if (tid < kPollers) poll_flags<kSleepNs>(flags, count, want, tid, kPollers);
   __syncthreads();
 }
 

@@ -126,10 +126,12 @@ __global__ void __launch_bounds__(multi::kThreads + (kProducer ? 32 : 0), kProdu
   // Chunk j (columns [j * chunk_k, (j + 1) * chunk_k) of dg_s) is staged `ahead` chunks before it
   // is multiplied: plan.slots of them are in flight while the first is multiplied.
   const int chunks = plan.chunks, ahead = plan.slots < chunks ? plan.slots : chunks;
+  // Without the producer warp, chunk j's multicast is issued by warp 7 - j % 8: the warps take
+  // turns from the last, past the pointwise rows (the refill's wait below is on the same warp).
+  auto issuing_warp = [](int j) { return multi::kWarps - 1 - j % multi::kWarps; };
   // Stages chunk j of dg_s into buffer put.slot (multicast: this CTA's share, issued by the
-  // producer warp or by warp 7 - j % 8, the warps taking turns from the last, past the pointwise
-  // rows; else every thread copies). Called by the issuing warp(s), once no CTA still reads the
-  // buffer's last chunk.
+  // producer warp or issuing_warp(j); else every thread copies). Called by the issuing warp(s),
+  // once no CTA still reads the buffer's last chunk.
   auto stage_chunk = [&](int64_t s, int j) {  // dg is [B, T, Gb, N, D]: a chunk is whole gates or a column range of one
     const int64_t esize = sizeof(T);
     const unsigned char* dg_s = reinterpret_cast<const unsigned char*>(dg_out + (b0 * steps + s - 1) * kGb * ND + n * D);
@@ -140,7 +142,7 @@ __global__ void __launch_bounds__(multi::kThreads + (kProducer ? 32 : 0), kProdu
     unsigned char* dst = stage + put.slot * slot_bytes;
     if (multicast) {
       multi::multicast_pieces(dst, plan.a_row, from, plan.cluster, &full[put.slot],
-                              producer ? multi::kWarps : multi::kWarps - 1 - j % multi::kWarps);
+                              producer ? multi::kWarps : issuing_warp(j));
     } else {
       multi::copy_pieces(dst, plan.a_row, from);
     }
@@ -223,7 +225,7 @@ __global__ void __launch_bounds__(multi::kThreads + (kProducer ? 32 : 0), kProdu
       // each tells every peer (the last threads arrive), the refill's issuing warp waits for all.
       if (multicast) {
         if (const int peer = multi::kThreads - 1 - tid; peer < plan.cluster) arrive_remote(&empty[slot], unsigned(peer));
-        if (warp == multi::kWarps - 1 - (j + ahead) % multi::kWarps) mbar_wait(&empty[slot], empty_parity >> slot & 1u, cluster::kMaxPolls);
+        if (warp == issuing_warp(j + ahead)) mbar_wait(&empty[slot], empty_parity >> slot & 1u, cluster::kMaxPolls);
         empty_parity ^= 1u << slot;
       }
       stage_chunk(s, j + ahead);

@@ -105,8 +105,8 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
   for (int64_t t = 1; t <= steps; ++t) {
     // Wait until every CTA of this (head, group) has published h_{t-1} (acquire polls), then copy
     // its valid rows into hs through L2 (cp.async.cg: no stale L1 line of the parity's use two
-    // steps ago). A CTA publishes h_{t+1} into this parity again only after
-    // every CTA has published h_t, i.e. after every CTA's copy of h_{t-1}.
+    // steps ago). A CTA publishes h_{t+1} into this parity again only after every CTA has
+    // published h_t, i.e. after every CTA's copy of h_{t-1}.
     multi::wait_for_flags(group_flags, plan.slices, unsigned(t));  // every CTA's h_{t-1} is visible
     const multi::Pieces from{reinterpret_cast<const unsigned char*>(exchange(int((t - 1) & 1), b0)), words * 4, 0,
                              valid_rows, 1, unsigned(words * 4)};

@@ -17,22 +17,22 @@ inline int multicast_largest() {
   return std::strcmp(v, "0") == 0 ? 1 : std::strcmp(v, "8") == 0 ? 8 : 16;
 }
 
+// Whether the environment variable `name` is set to `value`.
+inline bool env_is(const char* name, const char* value) {
+  const char* v = std::getenv(name);
+  return v != nullptr && std::strcmp(v, value) == 0;
+}
+
 // Whether the environment variable `name` is "0" (a switch that is on unless so turned off):
 // FLASHRNN_DR_ALONGSIDE (the backward's dR and db alongside the recurrence, weight_grad/alongside.cuh;
 // off: weight_grad_kernel after it, as where no SM is left free) and FLASHRNN_PRODUCER (the
 // backward's producer warp, multi_backward.cuh). Tests and benchmarks compare both ways on one card.
-inline bool turned_off(const char* name) {
-  const char* v = std::getenv(name);
-  return v != nullptr && std::strcmp(v, "0") == 0;
-}
+inline bool turned_off(const char* name) { return env_is(name, "0"); }
 
 // FLASHRNN_MULTI_BACKWARD=1: the L2 variant's backward wherever it runs, also where the alternating
 // kernels are chosen as faster (fused_family, launch/core.cpp; tests and benchmarks compare both on
 // one card).
-inline bool multi_backward_forced() {
-  const char* v = std::getenv("FLASHRNN_MULTI_BACKWARD");
-  return v != nullptr && std::strcmp(v, "1") == 0;
-}
+inline bool multi_backward_forced() { return env_is("FLASHRNN_MULTI_BACKWARD", "1"); }
 
 // Whether the L2 variant's backward stages through a ring of buffers (multicast stages them, as a rule).
 inline bool backward_ring(const DeviceLimits& device) {

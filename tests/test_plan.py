@@ -65,17 +65,18 @@ def test_every_accepted_plan_fits_the_device_and_covers_the_problem(device):
         assert 0 <= p["resident"] <= ksteps, where
         tiles = 1 if backward else gates_r
         assert p["smem"] == p["r_offset"] + p["resident"] * tiles * 256, where
-        # staging: the step's K columns (forward D, backward Gr * D) in whole chunks of k-steps,
-        # each a column range of whole gates or of one gate; the buffers precede the reduction
+        # staging: the step's K columns (forward D, backward Gr * D) in whole chunks of k-steps;
+        # the backward's of whole blocks (a slice's Gr x 8 columns); the buffers precede the reduction
         # buffer, and take more than the base budget only where all of R stays in shared memory
-        assert p["chunk_k"] * p["chunks"] == (gates_r if backward else 1) * D and p["chunk_k"] % 16 == 0, where
-        assert p["chunk_k"] % D == 0 or D % p["chunk_k"] == 0, where
+        assert p["chunk_k"] * p["chunks"] == (gates_r if backward else 1) * D and p["chunk_k"] % k == 0, where
+        assert not backward or p["chunk_k"] % (gates_r * 8) == 0, where
         assert 1 <= p["slots"] <= (3 if backward and "sm_90" in device else 1) and p["a_row"] >= p["chunk_k"] * ESIZE[dtype], where
         assert p["red_offset"] == p["slots"] * rows * p["a_row"], where
         assert p["red_offset"] <= OPERAND_BUDGET or p["resident"] == ksteps, where
         # the ops' workspaces (exchange words, one flag per CTA of every wave) hold the plan's padding
         assert p["exchange_words"] >= 2 * N * p["groups"] * rows * D * ESIZE[dtype] // 4, where
         assert p["flag_words"] >= N * p["groups"] * p["slices"], where
+        assert p["dg_exchange_words"] >= 2 * N * p["groups"] * rows * gates_r * D * ESIZE[dtype] // 4 + 4, where
         waves += p["waves"] > 1
     assert accepted > 500 and waves > 100
 
@@ -141,8 +142,9 @@ def test_the_issue_shapes_run_multi_cta_on_an_h100():
 
 def test_backward_stages_chunks_in_a_ring_on_an_h100():
     # multi_backward.cuh multiplies one chunk of dg_{t+1} while the next ones land where a step does
-    # not fit at once: at B = 64 a step (393 KB in 16-bit types) goes through three buffers of half
-    # a gate, with all of R^T's slice beside them; at B = 16 the whole step is one chunk
+    # not fit at once, in chunks of whole blocks (a CTA's Gr x 8 columns): at B = 64 a step (393 KB
+    # in 16-bit types) goes through three buffers of 12 blocks, with all of R^T's slice beside
+    # them; at B = 16 the whole step is one chunk
     h100 = "H100 SXM (sm_90)"
     for dtype in ("bfloat16", "float16"):
         for function in ("lstm", "gru"):
@@ -150,11 +152,12 @@ def test_backward_stages_chunks_in_a_ring_on_an_h100():
             assert (p["slots"], p["chunks"]) == (1, 1), p
         p = plan(True, "lstm", dtype, 64, 1, 768, h100)
         assert (p["slots"], p["chunks"], p["chunk_k"]) == (3, 8, 384) and p["resident"] == 4 * 768 // 16, p
-    # without multicast (each CTA copies every row: bound by L2 bandwidth) one buffer of whole gates
+    # without multicast (each CTA copies every row: bound by L2 bandwidth) one buffer of the most
+    # blocks that fit
     p = plan(True, "lstm", "bfloat16", 64, 1, 768, h100, ring=False)
-    assert (p["slots"], p["chunks"], p["chunk_k"]) == (1, 4, 768), p
-    p = plan(True, "lstm", "float32", 16, 1, 768, h100)  # 16 rows of a gate: 49 KB in fp32
-    assert (p["slots"], p["chunks"], p["chunk_k"]) == (3, 8, 384), p
+    assert (p["slots"], p["chunks"], p["chunk_k"]) == (1, 3, 1024), p
+    p = plan(True, "lstm", "float32", 16, 1, 768, h100)  # 16 rows of 16 blocks: 32 KB in fp32
+    assert (p["slots"], p["chunks"], p["chunk_k"]) == (3, 6, 512), p
     # the largest head at batch 16 (2 CTAs per SM): three buffers of a part of a gate, R partly in L2
     p = plan(True, "lstm", "bfloat16", 16, 1, 2112, h100)
     assert p["slots"] == 3 and p["chunk_k"] in (1056, 528) and p["resident"] < 4 * 2112 // 16, p
@@ -200,13 +203,14 @@ def test_large_heads_split_dr_into_about_four_waves():
     # T * B rows so that about 2048 CTAs run (768 x 1: 576 tiles, one wave and a bit unsplit);
     # their partials are at most 4 times dR (plus db's); the multi family keeps room for at least one
     # dR and db in fp32 (the running sums of dR and db alongside its backward, weight_grad/alongside.cuh)
-    # and adds one flag per CTA
+    # and adds one flag per CTA and its dg exchange
     C = _core._C
     lstm = CELLS["lstm"]
     for B, D, splits in [(16, 768, 4), (64, 768, 4), (16, 1024, 2), (16, 2048, 1), (16, 512, 2), (1, 768, 1)]:
         total = C.backward_workspace_floats(KERNEL_FAMILIES["multi"], lstm.code, DTYPE_CODES[torch.bfloat16],
                                             B, 1024, 1, D)
-        flags = plan(True, "lstm", "bfloat16", B, 1, D, "H100 SXM (sm_90)")["flag_words"]
+        p = plan(True, "lstm", "bfloat16", B, 1, D, "H100 SXM (sm_90)")
+        flags = p["flag_words"] + p["dg_exchange_words"]
         per_split = lstm.gates_b * D + lstm.gates_r * D * D
         assert total - flags == max(splits * per_split if splits > 1 else 0, per_split), (B, D, total, flags)
 

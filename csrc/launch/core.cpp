@@ -188,8 +188,11 @@ int64_t backward_workspace_floats(Family family, CellKind cell, DType dtype, int
           ? weight_grad::multi_scratch_floats(steps * batch, c.gates_r, c.gates_b, heads, head_dim)
           : weight_grad::scratch_floats(steps * batch, c.gates_r, c.gates_b, heads, head_dim);
   const int64_t carry = family == Family::kAlternating ? c.states * batch * heads * head_dim : 0;
-  const int64_t flags =
-      family == Family::kMulti ? multi::flag_words(batch, heads, head_dim) : 0;
+  // The multi-CTA family: its progress flags, then its dg exchange.
+  const int64_t flags = family == Family::kMulti ? multi::flag_words(batch, heads, head_dim) +
+                                                       multi::dg_exchange_words(batch, heads, head_dim, c.gates_r,
+                                                                                element_size(dtype))
+                                                 : 0;
   return carry + partials + flags;
 }
 

@@ -140,11 +140,12 @@ struct MmaHalf {
     b[1] = *reinterpret_cast<const uint32_t*>(col + 8);
   }
   // B fragment; element (k, n) at p[k * ld + n] (n contiguous): two scalar loads per register.
-  __device__ static void load_b_kmajor(uint32_t (&b)[2], const T* p, int64_t ld) {
+  __device__ static void load_b_kmajor(uint32_t (&b)[2], const T* p, int64_t ld) { load_b_kmajor(b, p, p + 8 * ld, ld); }
+  // The same with rows k < 8 at lo[k * ld + n] and k >= 8 at hi[(k - 8) * ld + n].
+  __device__ static void load_b_kmajor(uint32_t (&b)[2], const T* lo, const T* hi, int64_t ld) {
     const int g = threadIdx.x % 32 / 4, q = threadIdx.x % 4;
-    const T* e = p + (2 * q) * ld + g;
-    b[0] = pack(e[0], e[ld]);
-    b[1] = pack(e[8 * ld], e[9 * ld]);
+    b[0] = pack(lo[(2 * q) * ld + g], lo[(2 * q + 1) * ld + g]);
+    b[1] = pack(hi[(2 * q) * ld + g], hi[(2 * q + 1) * ld + g]);
   }
   __device__ static uint32_t pack(T lo, T hi) {
     return uint32_t(*reinterpret_cast<const uint16_t*>(&lo)) |
@@ -206,9 +207,13 @@ struct Mma<float> {
     b[1] = __float_as_uint(p[g * ld + q + 4]);
   }
   __device__ static void load_b_kmajor(uint32_t (&b)[2], const float* p, int64_t ld) {
+    load_b_kmajor(b, p, p + 4 * ld, ld);
+  }
+  // The same with rows k < 4 at lo[k * ld + n] and k >= 4 at hi[(k - 4) * ld + n].
+  __device__ static void load_b_kmajor(uint32_t (&b)[2], const float* lo, const float* hi, int64_t ld) {
     const int g = threadIdx.x % 32 / 4, q = threadIdx.x % 4;
-    b[0] = __float_as_uint(p[q * ld + g]);
-    b[1] = __float_as_uint(p[(q + 4) * ld + g]);
+    b[0] = __float_as_uint(lo[q * ld + g]);
+    b[1] = __float_as_uint(hi[q * ld + g]);
   }
   // Fragments hold raw fp32 bits; they are split into TF32 hi + lo here.
   __device__ static void mma(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], bool tf32) {

@@ -111,6 +111,35 @@ __device__ __forceinline__ void multicast_pieces(unsigned char* dst, int dst_row
   }
 }
 
+// The backward's dg exchange: after the progress flags, 16-byte aligned (plan.h dg_exchange_words).
+__device__ __forceinline__ unsigned char* dg_exchange(unsigned* flags, long long batch, long long heads,
+                                                      long long head_dim) {
+  const uintptr_t end = reinterpret_cast<uintptr_t>(flags + flag_words(batch, heads, head_dim));
+  return reinterpret_cast<unsigned char*>((end + 15) & ~uintptr_t(15));
+}
+
+// Stages `count` blocks of `bytes` each (block i at src + i * bytes, published by the CTA whose
+// flag is flags[i] once that is at least `want`) into dst + i * bytes of this CTA and of every CTA
+// of its cluster: CTA rank r takes blocks r, r + cluster, ... (count is a multiple of the cluster
+// size: every CTA issues some of every chunk); the lane of warp `warp` that takes a block polls
+// its flag (acquire) and multicasts the block right away, so a block waits only for its own CTA.
+// Every CTA's mbarrier `bar` counts the bytes landing in it (the caller waits on it: mbar_wait).
+// Called by all threads, once no CTA of the cluster still reads dst.
+__device__ __forceinline__ void multicast_blocks(unsigned char* dst, const unsigned char* src, unsigned bytes, int count,
+                                                 const unsigned* flags, unsigned want, int cluster, uint64_t* bar,
+                                                 int warp) {
+  const int lane = int(threadIdx.x) - 32 * warp;
+  if (lane < 0 || lane >= 32) return;
+  if (lane == 0) mbar_arm(bar, unsigned(count) * bytes);
+  const int mask = (1 << cluster) - 1;
+  for (int i = int(cluster_rank()) + cluster * lane; i < count; i += 32 * cluster) {
+    poll_flags<32>(flags, i + 1, want, i, 1);
+    fence_proxy_async_global();  // the block was written and acquired through the generic proxy
+    bulk_copy_multicast(smem_addr(dst + i * int(bytes)), src + int64_t(i) * bytes, bytes, smem_addr(bar),
+                        uint16_t(mask));
+  }
+}
+
 // Sets up the multicast staging's mbarriers (plan.cluster > 1) and meets the cluster: no peer
 // copies into this CTA or arrives on it before its barriers exist. full[s] counts the bytes landing
 // in buffer s (one local arrival, the arm); the backward's ring (multi_backward.cuh) also has
@@ -141,7 +170,8 @@ struct RingCursor {
 
 // Completes `plan` for a cooperative launch of `kernel` on `device` (and sets the kernel's
 // attributes it needs): on sm_90 plan.cluster, the largest cluster (16 where the device allows it,
-// else 8, 4, 2) whose clusters all fit at once, else 1; where plan.alongside asks,
+// else 8, 4, 2) that divides a chunk's blocks (every CTA of a cluster stages as many of each
+// chunk) and whose clusters all fit at once, else 1; where plan.alongside asks,
 // plan.dr_columns, the grid columns that fit beside the slices (whole clusters, at least
 // weight_grad::kAlongsideMinCtas CTAs, else 0); a smaller cluster where only it leaves them room.
 // Throws where the CTAs cannot all be resident.
@@ -168,7 +198,8 @@ Plan launch_plan(void (*kernel)(Param, Plan, Rest...), Plan plan, const DeviceLi
   };
   plan.dr_columns = 0;
   plan.cluster = 1;
-  for (int c = multicast_cluster(plan.slices, largest); c > 1; c = multicast_cluster(plan.slices, c / 2)) {
+  const int blocks = plan.slices / plan.chunks;  // a chunk's blocks (multi_backward.cuh; forward: all)
+  for (int c = multicast_cluster(blocks, largest); c > 1; c = multicast_cluster(blocks, c / 2)) {
     const long long resident = (long long)cluster::max_active_clusters(kernel, config, attr, c) * c;
     if (resident < plan.ctas) continue;
     if (plan.cluster == 1) plan.cluster = c;  // the largest that fits

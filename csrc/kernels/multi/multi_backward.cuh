@@ -2,18 +2,20 @@
 // 16 * mt batch rows and runs the T steps in reverse.
 //
 // Per step t = T..1: the gradient carried into h_t needs (dg_{t+1} R) at this CTA's units, i.e.
-// dg_{t+1} of every unit of the head: the CTAs publish dg (written to the dg output, which is also
-// dWx and feeds dR/db) with a per-CTA progress counter (release), wait for the counters of their
-// (head, batch group) (acquire), stage dg_{t+1} from L2 into shared memory chunk by chunk (plan.h
-// stage_chunks: the whole step at once where it fits, else a ring of three buffers), and multiply it
+// dg_{t+1} of every unit of the head: the CTAs write dg to the dg output (also dWx, it feeds dR/db)
+// and, the recurrent gates, into an exchange in L2 in blocks (one per CTA, contiguous), and set a
+// per-CTA progress counter (release); the blocks are staged from L2 into shared memory chunk by
+// chunk (plan.h stage_chunks: the whole step at once where it fits, else a ring of three buffers),
+// each once its CTA's counter shows it (acquire), and multiplied
 // by R^T restricted to their units (warp = (m-tile, k-group), partial sums meet in shared memory).
 // Then 4 threads per batch row run the cell's backward on 2 units each. dR and db are reduced after
 // this kernel (weight_grad.cuh), deterministically. dg is published as exchanged (one barrier + one
 // release per step), so the payload is the rounded dg that the single-CTA kernels multiply too.
-// On sm_90 the chunks are staged by multicast as in the forward (multi_forward.cuh). A buffer
-// refilled within the step (768 x 1 B = 64: eight half-gate chunks through three buffers) must be
-// done with in every CTA of the cluster first: each CTA arrives on every peer's `empty` mbarrier of
-// it after a block barrier, and the warp that issues the refill waits on its own. (Before: one
+// On sm_90 the blocks are staged by multicast as in the forward (multi_forward.cuh): the lane that
+// takes a block polls its CTA's counter and multicasts it right away. A buffer refilled (768 x 1
+// B = 64: eight chunks through three buffers) must be done with in every CTA of the cluster first:
+// each CTA arrives on every peer's `empty` mbarrier of it after a block barrier, and the warp that
+// issues the refill waits on its own. (Before: one
 // buffer and a cluster barrier after each chunk, 18.4 us per step; the ring 17.2. Warps that wait
 // for their own refills instead of a block barrier per chunk measured 18.0.) Where every CTA has
 // an SM to itself, a ninth warp (kProducer) waits for the flags and the `empty` arrivals and issues
@@ -46,8 +48,9 @@ __global__ void __launch_bounds__(multi::kThreads + (kProducer ? 32 : 0), kProdu
   static_assert(cells::Cell<Cell>, "see cells/elman.cuh for what a cell must define");
   using M = Mma<T>;
   using Math = MathFor<T>;
-  constexpr int kGb = Cell::kGatesB;
+  constexpr int kGr = Cell::kGatesR, kGb = Cell::kGatesB;
   constexpr int kThreads = multi::kThreads, kChains = 4;
+  constexpr int kUnitBytes = multi::kUnits * int(sizeof(T));  // a block's row of one gate
 
   extern __shared__ __align__(128) unsigned char smem[];
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
@@ -66,24 +69,39 @@ __global__ void __launch_bounds__(multi::kThreads + (kProducer ? 32 : 0), kProdu
     return;
   }
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, q = lane % 4;
-  const int64_t B = p.batch, steps = p.steps, N = p.heads, D = p.head_dim, ND = N * D;
+  const int64_t B = p.batch, steps = p.steps, N = p.heads, D = p.head_dim;
   const int rows = plan.rows(), mt_count = plan.mt, k_groups = multi::kWarps / mt_count;
   const int group = plan.group0 + int(blockIdx.y);  // this launch's wave starts at (group0, head0)
   const int64_t u0 = int64_t(blockIdx.x) * multi::kUnits, b0 = int64_t(group) * rows, n = plan.head0 + blockIdx.z;
   const int valid_rows = int(B - b0 < rows ? B - b0 : rows);
   const T* r = static_cast<const T*>(p.r);
-  T* dg_out = static_cast<T*>(p.dg);
 
-  unsigned char* stage = smem;  // plan.slots buffers of a chunk of dg_{t+1}: [row][chunk_k], plan.a_row bytes per row
+  // dg_s travels in blocks, one per slice (the CTA that computes it): [gate < Gr][row][8 units],
+  // block_bytes each, in the exchange (16-byte aligned after the flags) at
+  // [parity s % 2][head][group][slice], and in the stage buffers (plan.slots, a chunk of
+  // plan.chunk_k / (Gr * 8) blocks each). So K runs over (slice, gate, unit): K-row kk of the
+  // product is gate (kk / 8) % Gr of unit (kk / 8) / Gr * 8 + kk % 8. A parity is written again
+  // (dg_{s-2}) only after all of dg_{s-1} has reached the writer, each block of it published after
+  // its CTA had staged all of dg_s.
+  unsigned char* stage = smem;
   float* red = reinterpret_cast<float*>(smem + plan.red_offset);  // [k-group][row][unit]
   uint2* rs = reinterpret_cast<uint2*>(smem + plan.r_offset);     // [k-step][lane]
-  const int slot_bytes = rows * plan.a_row;
+  const int slot_bytes = rows * plan.a_row, block_bytes = kGr * rows * kUnitBytes;
+  const int blocks = plan.chunk_k / (kGr * multi::kUnits);  // per chunk
+  unsigned char* xdata = multi::dg_exchange(flags, B, N, D);
+  auto block = [&](int64_t s, int slice) {  // dg_s's block of `slice` for this (head, group)
+    return xdata + ((((s & 1) * N + n) * plan.padded_batch() + b0) * kGr * D * int64_t(sizeof(T))) +
+           int64_t(slice) * block_bytes;
+  };
 
-  // B fragments of R at k-step ks of K = (gate k, output unit i), columns = this CTA's input units:
-  // element (kk, jj) = R[k, n, i0 + kk, u0 + jj].
+  // B fragments of R at k-step ks, columns = this CTA's input units: element (kk, jj) =
+  // R[gate, n, unit, u0 + jj] of K-row kk's gate and unit (above).
+  auto r_row = [&](int kk) {
+    const int gb = kk / multi::kUnits;
+    return r + ((int64_t(gb % kGr) * N + n) * D + gb / kGr * multi::kUnits + kk % multi::kUnits) * D + u0;
+  };
   auto r_fragment = [&](int ks, uint32_t (&f)[2]) {
-    const int64_t kk = int64_t(ks) * M::kK, k = kk / D, i0 = kk % D;
-    M::load_b_kmajor(f, r + ((k * N + n) * D + i0) * D + u0, D);
+    M::load_b_kmajor(f, r_row(ks * M::kK), r_row(ks * M::kK + M::kK / 2), D);
   };
   const bool is_producer = kProducer && warp == multi::kWarps;  // the ninth warp (below)
   if (!p.recurrent_cut && !is_producer) {
@@ -93,19 +111,17 @@ __global__ void __launch_bounds__(multi::kThreads + (kProducer ? 32 : 0), kProdu
       rs[ks * 32 + lane] = make_uint2(f[0], f[1]);
     }
   }
-  for (int i = tid; i < plan.slots * slot_bytes / 4 && !is_producer; i += kThreads)
-    reinterpret_cast<uint32_t*>(stage)[i] = 0u;
-  __syncthreads();  // rows past the batch stay zero
   // Multicast staging: full[s] counts the bytes of the chunk landing in buffer s; empty[s] the
-  // cluster's CTAs that have consumed its chunk, where the buffer is refilled in the same step
-  // (each CTA arrives on every peer's). A step's first chunks need no such signal: the flags show
-  // every CTA past its last step's reads.
+  // cluster's CTAs that have consumed its chunk (each CTA arrives on every peer's after each
+  // chunk): every use of a buffer but its first waits for it, as a block waits only for its own
+  // CTA's flag (every CTA of the cluster issues some blocks of every chunk, so no CTA arrives twice
+  // on an empty[s] before its phase completes).
   __shared__ uint64_t full[multi::kMaxSlots], empty[multi::kMaxSlots];
-  unsigned empty_parity = 0;  // bit s: the parity of empty[s]'s next phase
+  unsigned empty_parity = 0, used = 0;  // bit s: the parity of empty[s]'s next phase; whether s was filled
   const bool multicast = plan.cluster > 1 && !p.recurrent_cut;
   // With a producer warp (plan.producer: buffers refilled within a step, multicast), it waits for
   // the flags and issues every chunk; each consumer warp arrives on every peer's empty[s] itself
-  // once done with a buffer the step refills, so the eight warps meet only for the partial sums.
+  // once done with a buffer, so the eight warps meet only for the partial sums.
   const bool producer = kProducer && multicast;  // (the launch picks kProducer only with multicast)
   if (multicast) multi::start_multicast(full, plan.slots, empty, plan.cluster * (producer ? multi::kWarps : 1));
   const int consumers = producer ? kThreads : 0;  // the threads that meet (0: the whole block)
@@ -113,61 +129,57 @@ __global__ void __launch_bounds__(multi::kThreads + (kProducer ? 32 : 0), kProdu
   // into, take the next to multiply (buffer, and the parity of its use). (64-bit divisions here
   // cost ~1000 cycles per chunk.)
   multi::RingCursor put{plan.slots}, take{plan.slots};
-  const int chunk_k = plan.chunk_k, whole_gates = chunk_k >= D ? int(chunk_k / D) : 0;
-  const int per_gate = whole_gates ? 0 : int(D / chunk_k);  // chunks per gate
 
   unsigned* group_flags = flags + (n * plan.groups + group) * plan.slices;
   const int prow = tid / 4, pair = tid % 4;
   const int64_t pb = b0 + prow, unit = u0 + 2 * pair;
   const bool pw = prow < valid_rows;
+  // This thread's place in a block (its row of gate 0; a gate is rows * kUnitBytes further).
+  const int in_block = prow * kUnitBytes + 2 * pair * int(sizeof(T));
+  if (!p.recurrent_cut && !pw && prow < rows)  // the exchange's rows past the batch are zeros
+    for (int par = 0; par < 2; ++par)
+#pragma unroll
+      for (int k = 0; k < kGr; ++k)
+        store_pair(reinterpret_cast<T*>(block(par, int(blockIdx.x)) + k * rows * kUnitBytes + in_block), 0.f, 0.f);
 
   // rec = (dg_s R)[prow, unit..unit+1] for step s (dg_s is stored at dg index s - 1), once every
   // CTA of this (head, group) has published step s. Called by all consumer threads (it synchronizes).
-  // Chunk j (columns [j * chunk_k, (j + 1) * chunk_k) of dg_s) is staged `ahead` chunks before it
-  // is multiplied: plan.slots of them are in flight while the first is multiplied.
+  // Chunk j (blocks j * blocks ... of dg_s) is staged `ahead` chunks before it is multiplied:
+  // plan.slots of them are in flight while the first is multiplied.
   const int chunks = plan.chunks, ahead = plan.slots < chunks ? plan.slots : chunks;
   // Without the producer warp, chunk j's multicast is issued by warp 7 - j % 8: the warps take
-  // turns from the last, past the pointwise rows (the refill's wait below is on the same warp).
+  // turns from the last, past the pointwise rows (the buffer's wait below is on the same warp).
   auto issuing_warp = [](int j) { return multi::kWarps - 1 - j % multi::kWarps; };
-  // Stages chunk j of dg_s into buffer put.slot (multicast: this CTA's share, issued by the
-  // producer warp or issuing_warp(j); else every thread copies). Called by the issuing warp(s),
-  // once no CTA still reads the buffer's last chunk.
-  auto stage_chunk = [&](int64_t s, int j) {  // dg is [B, T, Gb, N, D]: a chunk is whole gates or a column range of one
-    const int64_t esize = sizeof(T);
-    const unsigned char* dg_s = reinterpret_cast<const unsigned char*>(dg_out + (b0 * steps + s - 1) * kGb * ND + n * D);
-    const int gate = whole_gates ? j * whole_gates : j / per_gate;
-    const int col = whole_gates ? 0 : (j - gate * per_gate) * chunk_k;
-    const multi::Pieces from{dg_s + (gate * ND + col) * esize, steps * kGb * ND * esize, ND * esize, valid_rows,
-                             whole_gates ? whole_gates : 1, unsigned((whole_gates ? D : chunk_k) * esize)};
+  // Stages chunk j of dg_s into buffer put.slot: multicast (this CTA's blocks, each once its CTA's
+  // flag shows it, issued by the producer warp or issuing_warp(j), once every CTA of the cluster
+  // is done with the buffer's last chunk), else every thread copies all blocks (the flags were
+  // waited for). Called by the issuing warp(s).
+  auto stage_chunk = [&](int64_t s, int j) {
     unsigned char* dst = stage + put.slot * slot_bytes;
+    const unsigned char* from = block(s, j * blocks);
     if (multicast) {
-      multi::multicast_pieces(dst, plan.a_row, from, plan.cluster, &full[put.slot],
-                              producer ? multi::kWarps : issuing_warp(j));
+      const int warp_issuing = producer ? multi::kWarps : issuing_warp(j);
+      if (used >> put.slot & 1u) {
+        if (warp == warp_issuing) mbar_wait(&empty[put.slot], empty_parity >> put.slot & 1u, cluster::kMaxPolls);
+        empty_parity ^= 1u << put.slot;
+      }
+      used |= 1u << put.slot;
+      multi::multicast_blocks(dst, from, unsigned(block_bytes), blocks, group_flags + j * blocks,
+                              unsigned(steps - s + 1), plan.cluster, &full[put.slot], warp_issuing);
     } else {
-      multi::copy_pieces(dst, plan.a_row, from);
+      multi::copy_pieces(dst, block_bytes, {from, block_bytes, 0, blocks, 1, unsigned(block_bytes)});
     }
     put.next();
   };
-  // The producer warp's part of the steps s = T..1: every CTA of the (head, group) has published
-  // dg_s (which also means each is past its reads of step s + 1's chunks), then the chunks, each
-  // refill after the cluster's consumer warps are done with the buffer's last chunk.
+  // The producer warp's part of the steps s = T..1: the chunks, each as above.
   if (producer && is_producer) {
-    for (int64_t s = steps; s >= 1; --s) {
-      multi::poll_flags<32>(group_flags, plan.slices, unsigned(steps - s + 1), lane, 32);
-      __syncwarp();
-      for (int j = 0; j < chunks; ++j) {
-        if (j >= ahead) {
-          mbar_wait(&empty[put.slot], empty_parity >> put.slot & 1u, cluster::kMaxPolls);
-          empty_parity ^= 1u << put.slot;
-        }
-        stage_chunk(s, j);
-      }
-    }
+    for (int64_t s = steps; s >= 1; --s)
+      for (int j = 0; j < chunks; ++j) stage_chunk(s, j);
     cluster_sync();  // as the consumers below
     return;
   }
   auto recurrent = [&](int64_t s, float (&rec)[2]) {
-    if (!producer) multi::wait_for_flags(group_flags, plan.slices, unsigned(steps - s + 1));  // every CTA's dg_s is visible
+    if (!multicast) multi::wait_for_flags(group_flags, plan.slices, unsigned(steps - s + 1));  // every CTA's dg_s is visible
     const int mt = warp % mt_count, kg = warp / mt_count;
     if (!producer)
       for (int j = 0; j < ahead; ++j) stage_chunk(s, j);
@@ -181,9 +193,13 @@ __global__ void __launch_bounds__(multi::kThreads + (kProducer ? 32 : 0), kProdu
         cp_async_wait_at_most(staged - j - 1);
         __syncthreads();  // chunk j is staged
       }
-      const uint32_t a_src =
-          smem_addr(stage + slot * slot_bytes + (mt * 16 + (lane & 15)) * plan.a_row) + (lane >> 4) * 16;
-      const int ks0 = j * chunk_k / M::kK, count = chunk_k / M::kK;
+      // A k-step's 32 bytes of a row: one gate's 8 units (fp32) or two gates' (16-bit); lanes 16-31
+      // read the second 16 bytes.
+      const int a_part = (lane >> 4) * 16;
+      const uint32_t a_src = smem_addr(stage + slot * slot_bytes +
+                                       (a_part / kUnitBytes * rows + mt * 16 + (lane & 15)) * kUnitBytes) +
+                             a_part % kUnitBytes;
+      const int ks0 = j * plan.chunk_k / M::kK, count = plan.chunk_k / M::kK;
       auto multiply = [&](auto&& fragment) {
         for (int j0 = kg; j0 < count; j0 += kChains * k_groups) {
 #pragma unroll
@@ -191,7 +207,7 @@ __global__ void __launch_bounds__(multi::kThreads + (kProducer ? 32 : 0), kProdu
             const int jj = j0 + c * k_groups;
             if (jj >= count) break;
             uint32_t a[4], f[2];
-            ldmatrix_x4(a, a_src + jj * 32);
+            ldmatrix_x4(a, a_src + jj * 32 * rows);
             fragment(ks0 + jj, f);
             M::mma(acc[c], a, f, p.allow_tf32);
           }
@@ -212,23 +228,15 @@ __global__ void __launch_bounds__(multi::kThreads + (kProducer ? 32 : 0), kProdu
         });
       }
       take.next();
-      if (producer) {  // this warp is done with buffer `slot`; tell every peer where it is refilled
-        if (j + ahead < chunks) {
-          __syncwarp();
-          if (lane < plan.cluster) arrive_remote(&empty[slot], unsigned(lane));
-        }
+      if (producer) {  // this warp is done with buffer `slot`: it tells every peer
+        __syncwarp();
+        if (lane < plan.cluster) arrive_remote(&empty[slot], unsigned(lane));
         continue;
       }
       __syncthreads();  // chunk j is consumed here
-      if (j + ahead >= chunks) continue;
-      // Refill the buffer with chunk j + ahead once every CTA of the cluster is done with chunk j:
-      // each tells every peer (the last threads arrive), the refill's issuing warp waits for all.
-      if (multicast) {
+      if (multicast)  // every peer is told (by the last threads); the buffer's next issue waits for all
         if (const int peer = multi::kThreads - 1 - tid; peer < plan.cluster) arrive_remote(&empty[slot], unsigned(peer));
-        if (warp == issuing_warp(j + ahead)) mbar_wait(&empty[slot], empty_parity >> slot & 1u, cluster::kMaxPolls);
-        empty_parity ^= 1u << slot;
-      }
-      stage_chunk(s, j + ahead);
+      if (j + ahead < chunks) stage_chunk(s, j + ahead);
     }
     float sum[4] = {};
 #pragma unroll
@@ -260,6 +268,11 @@ __global__ void __launch_bounds__(multi::kThreads + (kProducer ? 32 : 0), kProdu
       cell.template step<Math>(rec, dg);
       if (t > 1) cell.load_step(t - 1);  // (after the release instead: B = 16 0.2 us per step slower)
       cell.store_dg(t, dg);
+      if (!p.recurrent_cut) {  // into this CTA's block of dg_t (rounded as stored: what the single-CTA kernels multiply)
+        unsigned char* mine = block(t, int(blockIdx.x)) + in_block;
+#pragma unroll
+        for (int k = 0; k < kGr; ++k) store_pair(reinterpret_cast<T*>(mine + k * rows * kUnitBytes), dg[0][k], dg[1][k]);
+      }
     }
     if (!p.recurrent_cut)  // dg_t is out
       multi::release_flag(group_flags + blockIdx.x, unsigned(steps - t + 1), consumers);
@@ -311,7 +324,8 @@ multi::BackwardLaunch multi_backward_launch(const BackwardParams& p, const Devic
 // The cluster variant where it runs (see launch_multi_forward), else its wide form, else the L2
 // variant; the weight gradients alongside the wide form or the L2 variant where the device has CTAs
 // for them, else after it. Workspace: the weight-gradient sums (weight_grad.cuh's partials or
-// alongside.cuh's running sums), then the progress counters (the L2 variant's layout).
+// alongside.cuh's running sums), then the progress counters (the L2 variant's layout), then the
+// L2 variant's dg exchange (multi::dg_exchange).
 template <class Cell, class T>
 void launch_multi_backward(const BackwardParams& p, const DeviceLimits& device, cudaStream_t stream) {
   cluster::Plan cplan;

@@ -81,37 +81,40 @@ constexpr int m_tiles(long long batch, long long head_dim, int esize) {
   return mt;
 }
 
-// Backward staging: dg_{t+1}'s Gr * D columns go through shared memory in chunks of chunk_k
-// columns, cycling through `slots` buffers, so that a chunk can be multiplied while the next ones
-// land. `room`: bytes left beside the reduction buffer and all of R's fragments (the stage may take
-// kOperandBudget even where R then partly stays in L2). In order of preference: the whole step in
-// one buffer (as one chunk: B = 16 with one chunk per gate measured 5.3 -> 6.5 us per step, the
-// per-chunk costs outweigh the overlap); with `ring` (multicast staging, sm_90) kMaxSlots buffers of
-// the largest chunk that fits (whole gates, or D / 2^i); one buffer of as many whole gates as fit (each
-// chunk waits for the previous one to be consumed: where every CTA copies all rows itself the copies
-// are bound by L2 bandwidth, and the ring measured slower, 768 x 1 B = 64 22.9 -> 25.9 us per step).
+// Backward staging: dg_{t+1} travels in blocks, one per slice (the Gr gates x rows x 8 units
+// that one CTA computes: multi_backward.cuh), and goes through shared memory in chunks of whole
+// blocks (chunk_k = blocks * Gr * 8 columns), cycling through `slots` buffers, so that a chunk can
+// be multiplied while the next ones land. `room`: bytes left beside the reduction buffer and all
+// of R's fragments (the stage may take kOperandBudget even where R then partly stays in L2). In
+// order of preference: the whole step in one buffer (as one chunk: B = 16 with one chunk per gate
+// measured 5.3 -> 6.5 us per step, the per-chunk costs outweigh the overlap); with `ring`
+// (multicast staging, sm_90) kMaxSlots buffers of the largest chunk that fits; one buffer of as
+// many blocks as fit (each chunk waits for the previous one to be consumed: where every CTA copies
+// all rows itself the copies are bound by L2 bandwidth, and the ring measured slower, 768 x 1
+// B = 64 22.9 -> 25.9 us per step). A chunk's blocks divide the slices and make whole k-steps.
 // `cap`: bytes the stage can have at most (beside the reduction buffer).
-constexpr void stage_chunks(Plan& p, int gates_r, int head_dim, int esize, int room, int cap, bool ring) {
+constexpr void stage_chunks(Plan& p, int gates_r, int esize, int room, int cap, bool ring) {
   int budget = room > kOperandBudget ? room : kOperandBudget;
   if (budget > cap) budget = cap;
-  const int rows = p.rows();
-  auto fits = [&](int chunk_k, int slots) {
-    return (long long)slots * rows * fused::row_bytes(chunk_k, esize) <= budget;
-  };
-  auto set = [&](int chunk_k, int slots) {
-    p.chunk_k = chunk_k;
-    p.chunks = gates_r * head_dim / chunk_k;
+  const int rows = p.rows(), block_k = gates_r * kUnits;
+  auto usable = [&](int blocks) { return p.slices % blocks == 0 && blocks * block_k % (esize == 4 ? 8 : 16) == 0; };
+  auto fits = [&](int blocks, int slots) { return (long long)slots * rows * blocks * block_k * esize <= budget; };
+  auto set = [&](int blocks, int slots) {
+    p.chunk_k = blocks * block_k;
+    p.chunks = p.slices / blocks;
     p.slots = slots;
-    p.a_row = fused::row_bytes(chunk_k, esize);
+    p.a_row = p.chunk_k * esize;
   };
-  if (fits(gates_r * head_dim, 1)) return set(gates_r * head_dim, 1);
-  for (int g = gates_r - 1; ring && g >= 1; --g)  // whole gates, kMaxSlots buffers
-    if (gates_r % g == 0 && fits(g * head_dim, kMaxSlots)) return set(g * head_dim, kMaxSlots);
-  for (int k = head_dim / 2; ring && k >= 128 && k % 16 == 0 && head_dim % k == 0; k /= 2)
-    if (fits(k, kMaxSlots)) return set(k, kMaxSlots);
-  int g = gates_r;
-  while (g > 1 && (gates_r % g != 0 || !fits(g * head_dim, 1))) --g;
-  set(g * head_dim, 1);
+  if (fits(p.slices, 1)) return set(p.slices, 1);
+  for (int b = p.slices / 2; ring && b >= 1; --b)
+    if (usable(b) && fits(b, kMaxSlots)) return set(b, kMaxSlots);
+  int blocks = p.slices;  // the most that fit, else the fewest usable (fill_memory then refuses)
+  for (int b = p.slices; b >= 1; --b) {
+    if (!usable(b)) continue;
+    blocks = b;
+    if (fits(b, 1)) break;
+  }
+  set(blocks, 1);
 }
 
 // make_plan's shared-memory layout for a launch of plan.ctas CTAs (its m-tiles, slices and waves chosen).
@@ -127,7 +130,7 @@ constexpr const char* fill_memory(Plan& p, bool backward, int gates_r, int esize
   budget -= fused::kSmemReserve;
   const int red_bytes = kWarps * 16 * red_stride(tiles) * 4;
   if (backward) {
-    stage_chunks(p, gates_r, int(head_dim), esize, budget - red_bytes - int(ksteps) * kFragBytes, budget - red_bytes,
+    stage_chunks(p, gates_r, esize, budget - red_bytes - int(ksteps) * kFragBytes, budget - red_bytes,
                  ring);
   } else {
     p.chunk_k = int(head_dim);
@@ -179,10 +182,11 @@ constexpr const char* make_plan(Plan& p, bool backward, int gates_r, int esize, 
 }
 
 // CTAs per cluster for the multicast staging: the largest cluster size up to `largest` (16, 8, 4
-// or 2) that divides the slices; 1 if none does.
-constexpr int multicast_cluster(int slices, int largest) {
+// or 2) that divides `blocks` (the blocks of a chunk: the slices, or fewer in the backward); 1 if
+// none does.
+constexpr int multicast_cluster(int blocks, int largest) {
   for (int c = largest; c >= 2; c /= 2)
-    if (slices % c == 0) return c;
+    if (blocks % c == 0) return c;
   return 1;
 }
 
@@ -191,6 +195,12 @@ constexpr int multicast_cluster(int slices, int largest) {
 constexpr long long exchange_words(long long batch, long long heads, long long head_dim, int esize) {
   const long long padded = (batch + 63) / 64 * 64;
   return 2 * heads * padded * (head_dim * esize / 4);
+}
+
+// The backward's dg exchange (multi_backward.cuh): [2 parities][heads][padded batch][Gr * D]
+// elements in blocks, after the progress flags, 16-byte aligned (4 words of slack).
+constexpr long long dg_exchange_words(long long batch, long long heads, long long head_dim, int gates_r, int esize) {
+  return exchange_words(batch, heads, gates_r * head_dim, esize) + 4;
 }
 
 // Progress flags (forward and backward): one 32-bit counter per CTA [head][batch group][slice],

@@ -111,6 +111,7 @@ __global__ void __launch_bounds__(multi::kThreads + (kProducer ? 32 : 0), kProdu
       rs[ks * 32 + lane] = make_uint2(f[0], f[1]);
     }
   }
+  __syncthreads();  // rs is complete
   // Multicast staging: full[s] counts the bytes of the chunk landing in buffer s; empty[s] the
   // cluster's CTAs that have consumed its chunk (each CTA arrives on every peer's after each
   // chunk): every use of a buffer but its first waits for it, as a block waits only for its own

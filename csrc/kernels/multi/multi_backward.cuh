@@ -6,8 +6,8 @@
 // and, the recurrent gates, into an exchange in L2 in blocks (one per CTA, contiguous), and set a
 // per-CTA progress counter (release); the blocks are staged from L2 into shared memory chunk by
 // chunk (plan.h stage_chunks: the whole step at once where it fits, else a ring of three buffers),
-// each once its CTA's counter shows it (acquire), and multiplied
-// by R^T restricted to their units (warp = (m-tile, k-group), partial sums meet in shared memory).
+// each once its CTA's counter shows it (acquire), and multiplied by R^T restricted to their units
+// (warp = (m-tile, k-group), partial sums meet in shared memory).
 // Then 4 threads per batch row run the cell's backward on 2 units each. dR and db are reduced after
 // this kernel (weight_grad.cuh), deterministically. dg is published as exchanged (one barrier + one
 // release per step), so the payload is the rounded dg that the single-CTA kernels multiply too.
@@ -15,12 +15,11 @@
 // takes a block polls its CTA's counter and multicasts it right away. A buffer refilled (768 x 1
 // B = 64: eight chunks through three buffers) must be done with in every CTA of the cluster first:
 // each CTA arrives on every peer's `empty` mbarrier of it after a block barrier, and the warp that
-// issues the refill waits on its own. (Before: one
-// buffer and a cluster barrier after each chunk, 18.4 us per step; the ring 17.2. Warps that wait
-// for their own refills instead of a block barrier per chunk measured 18.0.) Where every CTA has
-// an SM to itself, a ninth warp (kProducer) waits for the flags and the `empty` arrivals and issues
-// every chunk instead, and each consumer warp arrives on every peer's `empty` once done with a
-// buffer: no block barrier per chunk (768 x 1 B = 64 fp16 fwbw 20.9 -> 20.6 ms, GRU 18.5 -> 17.3).
+// issues the refill waits on its own. (Before: one buffer and a cluster barrier after each chunk,
+// 18.4 us per step; the ring 17.2. Warps that wait for their own refills instead of a block
+// barrier per chunk measured 18.0.) Where every CTA has an SM to itself, a ninth warp (kProducer)
+// waits for the flags and the `empty` arrivals and issues every chunk instead, and each consumer
+// warp arrives on every peer's `empty` once done with a buffer: no block barrier per chunk (768 x 1 B = 64 fp16 fwbw 20.9 -> 20.6 ms, GRU 18.5 -> 17.3).
 // The remote arrives release at cluster scope (at CTA scope they would not order this CTA's reads
 // before a peer's refill); without a producer that costs 1024 x 1 B = 64 5% (57.4 -> 60.2 ms).
 #pragma once

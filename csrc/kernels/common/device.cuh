@@ -320,6 +320,15 @@ __device__ __forceinline__ void cluster_arrive() {
   __trap();
 #endif
 }
+// Arrive without release: for a CTA whose reads of what the peers overwrite are complete (their
+// values used) and that has nothing to publish through the barrier.
+__device__ __forceinline__ void cluster_arrive_relaxed() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory");
+#else
+  __trap();
+#endif
+}
 __device__ __forceinline__ void cluster_wait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");

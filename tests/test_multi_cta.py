@@ -128,7 +128,8 @@ def test_multi_cta_l2_variant_matches_float64_where_clusters_run(shape, function
 def test_multi_cta_l2_staging_modes_match_float64(case, function, multicast, monkeypatch):
     # On sm_90 the L2 variant stages rows with multicast bulk copies in clusters of 16 CTAs (what
     # the grid above runs); here in clusters of 8, and with per-CTA copies (what sm_80/86 run).
-    # B = 64 at D = 768 stages the backward's dg in four chunks per step.
+    # B = 64 at D = 768 stages the backward's dg in chunks: eight of 12 blocks through three buffers
+    # with multicast (clusters of 4: the size divides a chunk's blocks), three of 32 without.
     monkeypatch.setenv("FLASHRNN_MULTI_L2", "1")
     monkeypatch.setenv("FLASHRNN_MULTICAST", multicast)
     B, T, N, D, dtype = case

@@ -189,11 +189,11 @@ int64_t backward_workspace_floats(Family family, CellKind cell, DType dtype, int
           : weight_grad::scratch_floats(steps * batch, c.gates_r, c.gates_b, heads, head_dim);
   const int64_t carry = family == Family::kAlternating ? c.states * batch * heads * head_dim : 0;
   // The multi-CTA family: its progress flags, then its dg exchange.
-  const int64_t flags = family == Family::kMulti ? multi::flag_words(batch, heads, head_dim) +
-                                                       multi::dg_exchange_words(batch, heads, head_dim, c.gates_r,
-                                                                                element_size(dtype))
-                                                 : 0;
-  return carry + partials + flags;
+  const int64_t exchange = family == Family::kMulti
+                               ? multi::flag_words(batch, heads, head_dim) +
+                                     multi::dg_exchange_words(batch, heads, head_dim, c.gates_r, element_size(dtype))
+                               : 0;
+  return carry + partials + exchange;
 }
 
 int64_t backward_rt_elements(Family family, CellKind cell, int64_t heads, int64_t head_dim) {

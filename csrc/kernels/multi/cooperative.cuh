@@ -67,30 +67,27 @@ __device__ __forceinline__ void release_flag(unsigned* flag, unsigned value, int
   if (int(threadIdx.x) == (threads > 0 ? threads : int(blockDim.x)) - 1) st_release_gpu(flag, value);
 }
 
-// Rows of pieces to stage from global into shared memory: piece (r, s) of `bytes` (a multiple of
-// 16, 16-byte aligned) at src + r * src_row + s * src_segment; in shared memory pieces of a row
-// follow each other.
+// Rows to stage from global into shared memory: row r of `bytes` (a multiple of 16, 16-byte
+// aligned) at src + r * src_row.
 struct Pieces {
   const unsigned char* src;
-  int64_t src_row, src_segment;
-  int rows, segments;
+  int64_t src_row;
+  int rows;
   unsigned bytes;
 };
 
-// Copies the pieces into this CTA's shared memory at dst + r * dst_row + s * bytes with cp.async
-// (one commit group; the caller waits for it): warps take rows, lanes consecutive 16-byte parts
-// (512 contiguous bytes per warp and instruction; no division per copy). Called by all threads.
+// Copies the rows into this CTA's shared memory at dst + r * dst_row with cp.async (one commit
+// group; the caller waits for it): warps take rows, lanes consecutive 16-byte parts (512
+// contiguous bytes per warp and instruction; no division per copy). Called by all threads.
 __device__ __forceinline__ void copy_pieces(unsigned char* dst, int dst_row, const Pieces& from) {
-  const int lane = int(threadIdx.x % 32), warps = int(blockDim.x / 32), per_piece = int(from.bytes / 16);
+  const int lane = int(threadIdx.x % 32), warps = int(blockDim.x / 32), per_row = int(from.bytes / 16);
   for (int r = int(threadIdx.x / 32); r < from.rows; r += warps)
-    for (int s = 0; s < from.segments; ++s)
-      for (int c = lane; c < per_piece; c += 32)
-        cp_async_16(dst + r * dst_row + s * int(from.bytes) + c * 16,
-                    from.src + r * from.src_row + s * from.src_segment + c * 16, true);
+    for (int c = lane; c < per_row; c += 32)
+      cp_async_16(dst + r * dst_row + c * 16, from.src + r * from.src_row + c * 16, true);
   cp_async_commit();
 }
 
-// The same into this CTA and every CTA of its cluster: the cluster's CTAs split the pieces and
+// The same into this CTA and every CTA of its cluster: the cluster's CTAs split the rows and
 // multicast each one (one L2 read per cluster instead of one per CTA); every CTA's mbarrier `bar`
 // counts the bytes landing in it (the caller waits on it: mbar_wait). Called by all threads of
 // every CTA of the cluster, once nobody in the cluster still reads the previous contents of dst
@@ -99,15 +96,13 @@ __device__ __forceinline__ void copy_pieces(unsigned char* dst, int dst_row, con
 __device__ __forceinline__ void multicast_pieces(unsigned char* dst, int dst_row, const Pieces& from, int cluster,
                                                  uint64_t* bar, int warp = 0) {
   const int lane = int(threadIdx.x) - 32 * warp;
-  if (lane == 0) mbar_arm(bar, unsigned(from.rows * from.segments) * from.bytes);
+  if (lane == 0) mbar_arm(bar, unsigned(from.rows) * from.bytes);
   if (lane >= 0 && lane < 32) {
     fence_proxy_async_global();  // the data was written and acquired through the generic proxy
-    const int pieces = from.rows * from.segments, mask = (1 << cluster) - 1;
-    for (int i = int(cluster_rank()) + cluster * lane; i < pieces; i += 32 * cluster) {
-      const int r = i / from.segments, s = i - r * from.segments;
-      bulk_copy_multicast(smem_addr(dst + r * dst_row + s * int(from.bytes)),
-                          from.src + r * from.src_row + s * from.src_segment, from.bytes, smem_addr(bar), uint16_t(mask));
-    }
+    const int mask = (1 << cluster) - 1;
+    for (int r = int(cluster_rank()) + cluster * lane; r < from.rows; r += 32 * cluster)
+      bulk_copy_multicast(smem_addr(dst + r * dst_row), from.src + r * from.src_row, from.bytes, smem_addr(bar),
+                          uint16_t(mask));
   }
 }
 

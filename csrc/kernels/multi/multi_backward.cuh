@@ -167,7 +167,7 @@ __global__ void __launch_bounds__(multi::kThreads + (kProducer ? 32 : 0), kProdu
       multi::multicast_blocks(dst, from, unsigned(block_bytes), blocks, group_flags + j * blocks,
                               unsigned(steps - s + 1), plan.cluster, &full[put.slot], warp_issuing);
     } else {
-      multi::copy_pieces(dst, block_bytes, {from, block_bytes, 0, blocks, 1, unsigned(block_bytes)});
+      multi::copy_pieces(dst, block_bytes, {from, block_bytes, blocks, unsigned(block_bytes)});
     }
     put.next();
   };

@@ -108,8 +108,8 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
     // steps ago). A CTA publishes h_{t+1} into this parity again only after every CTA has
     // published h_t, i.e. after every CTA's copy of h_{t-1}.
     multi::wait_for_flags(group_flags, plan.slices, unsigned(t));  // every CTA's h_{t-1} is visible
-    const multi::Pieces from{reinterpret_cast<const unsigned char*>(exchange(int((t - 1) & 1), b0)), words * 4, 0,
-                             valid_rows, 1, unsigned(words * 4)};
+    const multi::Pieces from{reinterpret_cast<const unsigned char*>(exchange(int((t - 1) & 1), b0)), words * 4,
+                             valid_rows, unsigned(words * 4)};
     if (multicast) {  // every CTA of the cluster has published h_{t-1}: none still reads hs
       multi::multicast_pieces(hs, plan.a_row, from, plan.cluster, &staged, multi::kWarps - 1);
       mbar_wait(&staged, unsigned(t - 1) & 1u, cluster::kMaxPolls);

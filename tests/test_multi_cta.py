@@ -137,6 +137,23 @@ def test_multi_cta_l2_staging_modes_match_float64(case, function, multicast, mon
     check_against_reference(function, "cuda_fused", DTYPES[dtype], B, T, N, D)
 
 
+@pytest.mark.parametrize("copy", ["0", "1", "2"])
+@pytest.mark.parametrize("function", list(CELLS))
+@pytest.mark.parametrize("case", [(16, 1024, 1, 768, "bfloat16"), (19, 1024, 1, 512, "float16"), (5, 7, 2, 1024, "float32"),
+                                  (64, 7, 1, 768, "bfloat16")], ids=lambda c: "B{}-T{}-N{}-D{}-{}".format(*c))
+def test_multi_cta_forward_copy_sizes_match_float64(case, function, copy, monkeypatch):
+    # The L2 forward's multicast stages h in ranges of blocks per CTA, in copies of
+    # FLASHRNN_FORWARD_COPY blocks each as their flags show them (default: the whole range), or
+    # after every flag (0). 768 x 1 B = 16: ranges of 6 blocks (copies of 1, 2, 6); 512 x 1 B = 19
+    # (two m-tiles) and 1024 x 2: ranges of 4 and 8; B = 64: every warp has pointwise rows.
+    monkeypatch.setenv("FLASHRNN_MULTI_L2", "1")
+    monkeypatch.setenv("FLASHRNN_WIDE", "0")
+    monkeypatch.setenv("FLASHRNN_FORWARD_COPY", copy)
+    B, T, N, D, dtype = case
+    assert_multi(function, DTYPES[dtype], B, N, D)
+    check_against_reference(function, "cuda_fused", DTYPES[dtype], B, T, N, D)
+
+
 # The wide cluster kernels (sm_90, 16-bit): 48 units per CTA, R partly in registers. 768 x 1 with a
 # partial second batch group; 576 x 2 (12 CTAs, two heads); 528 (11 CTAs, an odd k-step count
 # forward: the k-groups take 17 and 16); T = 1. Against float64, and bitwise against themselves.

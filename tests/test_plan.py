@@ -163,6 +163,21 @@ def test_backward_stages_chunks_in_a_ring_on_an_h100():
     assert p["slots"] == 3 and p["chunk_k"] in (1056, 528) and p["resident"] < 4 * 2112 // 16, p
 
 
+def test_forward_copy_blocks_divide_each_ctas_range():
+    copy_blocks = _core._C.forward_copy_blocks
+    for slices, cluster, wanted in itertools.product([2, 32, 48, 96, 128, 256], [1, 2, 4, 8, 16], [0, 1, 2, 5, 6, 64, 256]):
+        if slices % cluster:
+            continue
+        blocks, rng = copy_blocks(slices, cluster, wanted), slices // cluster
+        where = (slices, cluster, wanted, blocks)
+        if wanted == 0 or cluster == 1:
+            assert blocks == 0, where
+            continue
+        assert 1 <= blocks <= min(wanted, 32) and rng % blocks == 0, where
+        assert all(rng % b or b > wanted for b in range(blocks + 1, min(rng, 32) + 1)), where  # the largest
+    assert copy_blocks(96, 16, 96) == 6 and copy_blocks(96, 16, 4) == 3 and copy_blocks(2048 // 8, 4, 256) == 32
+
+
 def test_refusals_say_why():
     p = plan(False, "lstm", "bfloat16", 2, 1, 2176, "H100 SXM (sm_90)")  # 272 CTAs for one head
     assert "one head's CTAs for one batch group do not fit the GPU at once" in p["why"]

@@ -1,10 +1,10 @@
 // Multi-CTA fused forward (plan.h): CTA (slice, batch group, head) owns 8 units of the head for
 // 16 * mt batch rows and runs all T steps; the CTAs of a (head, batch group) exchange h_t via L2.
 //
-// Exchange: the pointwise threads write h_t into a double buffer in L2 (parity t % 2), the CTA
-// meets at a barrier and its last thread sets the CTA's progress flag to t + 1 (release); readers
-// poll the flags of their (head, batch group) with acquire loads and copy the rows of h_t with
-// cp.async.cg. Releases, polls and multicast issues are done by the block's last threads, past the
+// Exchange: the pointwise threads write h_t into a double buffer in L2 (parity t % 2; a block of
+// 8 units per CTA), the CTA meets at a barrier and its last thread sets the CTA's progress flag to
+// t + 1 (release); readers poll the flags of their (head, batch group) with acquire loads and copy
+// the blocks of h_t with cp.async.cg. Releases, polls and multicast issues are done by the block's last threads, past the
 // pointwise rows: a release or acquire waits for the thread's own loads in flight (the next
 // step's Wx from HBM; 768 x 1 bf16 B = 16 fwbw 8.1 -> 7.8 ms on the H100). The buffer can be
 // reused two steps later: a CTA writes h_{t+1} only after every CTA has published h_t, which each
@@ -12,10 +12,15 @@
 // the data itself: 2x the bytes, and an exchange microbenchmark measured 3.23 against 2.58 us per
 // step for flags at 96 CTAs x 64 words.)
 // On sm_90 the CTAs of a (head, batch group) also form clusters of up to 16 (plan.cluster): each
-// CTA of a cluster copies a share of the rows and multicasts it into every CTA of the cluster
-// (cp.async.bulk, counted by an mbarrier), so a row leaves L2 once per cluster, not once per CTA
-// (768 x 1 bf16 forward 3.9 -> 2.9 ms, B = 64 fp16 6.9 -> 4.9). hs can be overwritten then: every
-// CTA of the cluster has published h_{t-1}, after its last read of h_{t-2}.
+// CTA of a cluster copies a share of the blocks and multicasts it into every CTA of the cluster
+// (cp.async.bulk, counted by an mbarrier), so a block leaves L2 once per cluster, not once per CTA
+// (768 x 1 bf16 forward 3.9 -> 2.9 ms, B = 64 fp16 6.9 -> 4.9). Its share is a range of
+// consecutive blocks, copied in pieces of plan.copy_blocks blocks, each as soon as the flags of its
+// own blocks show them (multi::multicast_ranges), not after all flags; so hs is guarded by a split
+// cluster barrier instead: each CTA arrives once its product has read hs, and waits before its
+// next copies. (plan.copy_blocks = 0: each CTA waits for every flag, then copies its share; hs can
+// be overwritten then without the barrier: every CTA of the cluster has published h_{t-1}, after
+// its last read of h_{t-2}.)
 // Per step: wait for the flags and copy h_{t-1} into shared memory; warp (m-tile, k-group)
 // multiplies its rows by its k-steps of every gate's 8-unit slice of R (m16n8k16; 3xTF32 for
 // fp32); the k-groups' partial sums meet in shared memory; 4 threads per batch row run the cell
@@ -41,8 +46,9 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
   static_assert(cells::Cell<Cell>, "see cells/elman.cuh for what a cell must define");
   using M = Mma<T>;
   using Math = MathFor<T>;
-  constexpr int kGr = Cell::kGatesR, kThreads = multi::kThreads;
+  constexpr int kGr = Cell::kGatesR;
   constexpr int kRed = multi::red_stride(kGr);
+  constexpr int kUnitBytes = multi::kUnits * int(sizeof(T));  // a block's row (8 units)
 
   extern __shared__ __align__(128) unsigned char smem[];
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, q = lane % 4;
@@ -54,7 +60,12 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
   const int ksteps = int(D / M::kK);
   const T* r = static_cast<const T*>(p.r);
 
-  unsigned char* hs = smem;  // h_{t-1} rows, plan.a_row bytes each
+  // h travels in blocks, one per slice (the CTA that computes it): [row][8 units], block_bytes
+  // each, in the exchange at [parity t % 2][head][group][slice] and in hs at [slice]. K runs over
+  // the units in order, so R's fragments are those of the plain layout; a k-step's 32 bytes of a
+  // row are two blocks' rows (16-bit) or one (fp32).
+  const int block_bytes = rows * kUnitBytes;
+  unsigned char* hs = smem;  // h_{t-1}: [slice][row][8 units]
   float* red = reinterpret_cast<float*>(smem + plan.red_offset);  // [k-group][row][gate * 8 + unit]
   uint2* rs = reinterpret_cast<uint2*>(smem + plan.r_offset);     // [k-step][gate][lane]
 
@@ -67,30 +78,39 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
     r_fragment(i / kGr, i % kGr, f);
     rs[i * 32 + lane] = make_uint2(f[0], f[1]);
   }
-  for (int i = tid; i < rows * plan.a_row / 4; i += kThreads) reinterpret_cast<uint32_t*>(hs)[i] = 0u;
-  __syncthreads();  // rows past the batch stay zero; the others are overwritten every step
-  __shared__ uint64_t staged;  // multicast staging: h_{t-1}'s rows have arrived
-  const bool multicast = plan.cluster > 1;
+  __syncthreads();
+  __shared__ uint64_t staged;  // multicast staging: h_{t-1}'s blocks have arrived
+  const bool multicast = plan.cluster > 1, in_ranges = multicast && plan.copy_blocks > 0;
   if (multicast) multi::start_multicast(&staged);
+  if (in_ranges) cluster_arrive_relaxed();  // (hs is free: the first step's wait below)
 
-  // The exchange: h rows [parity][head][padded batch row][words] (32-bit words; a row starts at
-  // exchange(par, b)), then one progress flag per CTA [head][group][slice].
-  const int64_t words = D * int64_t(sizeof(T)) / 4;
-  uint32_t* xdata = reinterpret_cast<uint32_t*>(p.workspace);
+  // The exchange: h_t of this (head, group) at region(t), all its blocks in slice order; then one
+  // progress flag per CTA [head][group][slice].
+  unsigned char* xdata = reinterpret_cast<unsigned char*>(p.workspace);
   unsigned* group_flags = reinterpret_cast<unsigned*>(p.workspace) +
                           multi::exchange_words(B, N, D, sizeof(T)) + (n * plan.groups + group) * plan.slices;
-  auto exchange = [&](int par, int64_t b) { return xdata + ((par * N + n) * plan.padded_batch() + b) * words; };
+  const int region_bytes = plan.slices * block_bytes;
+  auto region = [&](int64_t t) { return xdata + (((t & 1) * N + n) * plan.padded_batch() + b0) * D * int64_t(sizeof(T)); };
 
   // Pointwise threads: 4 per batch row, each owning units u0 + 2 * pair and + 1.
   const int prow = tid / 4, pair = tid % 4;
   const int64_t pb = b0 + prow, unit = u0 + 2 * pair;
   const bool pw = prow < valid_rows;
   multi::ForwardPair<Cell, T> cell(p, pb, n, unit, pw);
+  // This thread's two units in its CTA's block of region(t).
+  auto h_slot = [&](int64_t t) {
+    return reinterpret_cast<uint32_t*>(region(t) + int(blockIdx.x) * block_bytes + prow * kUnitBytes +
+                                       2 * pair * int(sizeof(T)));
+  };
+  if (!pw && prow < rows)  // the block's rows past the batch are zeros (whole blocks are staged)
+    for (int par = 0; par < 2; ++par)
+#pragma unroll
+      for (int i = 0; i < multi::kWordsPerPair<T>; ++i) h_slot(par)[i] = 0u;
   auto publish = [&](int64_t t) {  // h_t into parity t % 2 (pointwise threads), then the flag t + 1
     if (pw) {
       uint32_t w[multi::kWordsPerPair<T>];
       cell.h_words(w);
-      uint32_t* dst = exchange(int(t & 1), pb) + unit * int64_t(sizeof(T)) / 4;
+      uint32_t* dst = h_slot(t);
 #pragma unroll
       for (int i = 0; i < multi::kWordsPerPair<T>; ++i) dst[i] = w[i];
     }
@@ -100,23 +120,35 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
   if (steps > 0) publish(0);
 
   const int mt = warp % mt_count, kg = warp / mt_count;
-  const uint32_t a_src = smem_addr(hs + (mt * 16 + (lane & 15)) * plan.a_row) + (lane >> 4) * 16;
+  // A k-step's 32 bytes of a row: lanes 16-31 read the second 16 bytes.
+  const int a_part = (lane >> 4) * 16;
+  const uint32_t a_src =
+      smem_addr(hs + (a_part / kUnitBytes * rows + mt * 16 + (lane & 15)) * kUnitBytes) + a_part % kUnitBytes;
+  // Multicast in ranges: the issuing warps are those without pointwise rows (their releases and
+  // acquires would wait for the Wx loads in flight), all where every warp has some.
+  const int pointwise_warps = (rows * 4 + 31) / 32;
+  const int issuers = pointwise_warps < multi::kWarps ? multi::kWarps - pointwise_warps : multi::kWarps;
   const float clip = p.forward_clip_value;
   for (int64_t t = 1; t <= steps; ++t) {
-    // Wait until every CTA of this (head, group) has published h_{t-1} (acquire polls), then copy
-    // its valid rows into hs through L2 (cp.async.cg: no stale L1 line of the parity's use two
-    // steps ago). A CTA publishes h_{t+1} into this parity again only after every CTA has
-    // published h_t, i.e. after every CTA's copy of h_{t-1}.
-    multi::wait_for_flags(group_flags, plan.slices, unsigned(t));  // every CTA's h_{t-1} is visible
-    const multi::Pieces from{reinterpret_cast<const unsigned char*>(exchange(int((t - 1) & 1), b0)), words * 4,
-                             valid_rows, unsigned(words * 4)};
-    if (multicast) {  // every CTA of the cluster has published h_{t-1}: none still reads hs
-      multi::multicast_pieces(hs, plan.a_row, from, plan.cluster, &staged, multi::kWarps - 1);
-      mbar_wait(&staged, unsigned(t - 1) & 1u, cluster::kMaxPolls);
-    } else {
-      multi::copy_pieces(hs, plan.a_row, from);
-      cp_async_wait<0>();
+    // Stage h_{t-1} into hs through L2 (the bulk copies and cp.async.cg read L2: no stale L1 line
+    // of the parity's use two steps ago). A CTA publishes h_{t+1} into this parity again only
+    // after every CTA has published h_t, i.e. after every CTA has staged h_{t-1}.
+    if (in_ranges) {  // each copy once its blocks' flags show them, after the cluster is done with hs
+      cluster_wait();
+      multi::multicast_ranges(hs, region(t - 1), unsigned(block_bytes), plan.slices, plan.copy_blocks, group_flags,
+                              unsigned(t), plan.cluster, &staged, issuers);
+    } else {  // once every CTA of this (head, group) has published h_{t-1} (acquire polls)
+      multi::wait_for_flags(group_flags, plan.slices, unsigned(t));
+      if (multicast) {  // every CTA of the cluster has published h_{t-1}: none still reads hs
+        const int range = region_bytes / plan.cluster;  // CTA rank r copies the r-th
+        multi::multicast_pieces(hs, range, {region(t - 1), range, plan.cluster, unsigned(range)}, plan.cluster,
+                                &staged, multi::kWarps - 1);
+      } else {
+        multi::copy_pieces(hs, 512, {region(t - 1), 512, region_bytes / 512, 512u});  // (a multiple of 512 B)
+      }
     }
+    if (multicast) mbar_wait(&staged, unsigned(t - 1) & 1u, cluster::kMaxPolls);
+    else cp_async_wait<0>();
     __syncthreads();  // hs holds h_{t-1}; red is free (the last step's pointwise reads are done)
 
     // The k-steps whose R fragments sit in shared memory, then those read from L2 (two loops,
@@ -126,7 +158,7 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
     int ks = kg;
     for (; ks < resident_end; ks += k_groups) {
       uint32_t a[4];
-      ldmatrix_x4(a, a_src + ks * 32);
+      ldmatrix_x4(a, a_src + ks * 32 * rows);
 #pragma unroll
       for (int k = 0; k < kGr; ++k) {
         const uint2 v = rs[(ks * kGr + k) * 32 + lane];
@@ -136,7 +168,7 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
     }
     for (; ks < ksteps; ks += k_groups) {
       uint32_t a[4];
-      ldmatrix_x4(a, a_src + ks * 32);
+      ldmatrix_x4(a, a_src + ks * 32 * rows);
 #pragma unroll
       for (int k = 0; k < kGr; ++k) {
         uint32_t f[2];
@@ -151,6 +183,7 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
         *reinterpret_cast<float2*>(red + (kg * rows + mt * 16 + g + 8 * h) * kRed + k * 8 + 2 * q) =
             make_float2(acc[k][2 * h], acc[k][2 * h + 1]);
     __syncthreads();  // partial sums complete; hs may be refilled
+    if (in_ranges) cluster_arrive_relaxed();  // this CTA's reads of hs are complete (their values used)
 
     if (pw) {
       float2 rh_pair[kGr];  // R h_{t-1} at this thread's two units, summed over the k-groups
@@ -172,7 +205,10 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
     if (t < steps) publish(t);  // (h_T is not exchanged: nobody reads it)
     if (pw) cell.store();
   }
-  if (multicast) cluster_sync();  // no CTA leaves while its copies may still be landing in a peer
+  // No CTA leaves while its copies may still be landing in a peer: every peer has waited for its
+  // copies of the last step before its arrive.
+  if (in_ranges) cluster_wait();
+  else if (multicast) cluster_sync();
 }
 
 // The cluster variant where it runs (sm_90, the head in at most 16 CTAs of 32 units, R's slice in
@@ -201,8 +237,9 @@ void launch_multi_forward(const ForwardParams& p, const DeviceLimits& device, cu
       p.workspace + multi::exchange_words(p.batch, p.heads, p.head_dim, sizeof(T)), 0,
       sizeof(unsigned) * multi::flag_words(p.batch, p.heads, p.head_dim), stream));
   const char* name = "multi_forward_kernel";
-  multi::launch_cooperative(multi_forward_kernel<Cell, T>,
-                            multi::launch_plan(multi_forward_kernel<Cell, T>, plan, device, name), stream, name, p);
+  plan = multi::launch_plan(multi_forward_kernel<Cell, T>, plan, device, name);
+  plan.copy_blocks = multi::forward_copy_blocks(plan.slices, plan.cluster, multi::forward_copy_wanted(plan.slices));
+  multi::launch_cooperative(multi_forward_kernel<Cell, T>, plan, stream, name, p);
 }
 
 }  // namespace flashrnn

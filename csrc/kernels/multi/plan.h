@@ -9,8 +9,8 @@
 // wave_groups x wave_heads (head, batch group) pairs that fits. A shape is refused only where one
 // head's CTAs for one batch group do not fit.
 //
-// Shared memory of a CTA: the exchanged operand rows (forward: h_{t-1} [rows][D]; backward:
-// `slots` buffers of dg_{t+1} chunks [rows][chunk_k], a ring the step's chunks go through), the
+// Shared memory of a CTA: the exchanged operand (forward: h_{t-1} in blocks [slice][rows][8 units];
+// backward: `slots` buffers of dg_{t+1} chunks of blocks, a ring the step's chunks go through), the
 // cross-warp reduction buffer, then as many k-steps of R's tensor-core fragments as fit; R's
 // remaining k-steps are read from L2 each step.
 //
@@ -57,6 +57,7 @@ struct Plan {
   bool alongside = false;    // backward: asks the launch for CTAs that compute dR and db alongside
   int dr_columns = 0;        // those CTAs, as grid columns beyond the slices (launch_plan sets it)
   bool producer = false;     // backward: a ninth warp stages the chunks (one CTA per SM, multi_backward.cuh)
+  int copy_blocks = 0;       // forward with multicast: blocks of h per bulk copy (forward_copy_blocks)
 
   constexpr int rows() const { return 16 * mt; }
   constexpr int threads() const { return kThreads + (producer ? 32 : 0); }
@@ -135,7 +136,7 @@ constexpr const char* fill_memory(Plan& p, bool backward, int gates_r, int esize
   } else {
     p.chunk_k = int(head_dim);
     p.chunks = p.slots = 1;
-    p.a_row = one_row;
+    p.a_row = int(head_dim) * esize;  // (in blocks of 8 units: no padding against bank conflicts)
   }
   p.red_offset = p.slots * p.rows() * p.a_row;
   p.r_offset = p.red_offset + red_bytes;
@@ -190,11 +191,25 @@ constexpr int multicast_cluster(int blocks, int largest) {
   return 1;
 }
 
-// Forward scratch: the h exchange, [2 parities][heads][padded batch][words per row] 32-bit words
-// (the flags follow: flag_words()), for any m-tiles make_plan picks (the batch padded to 64 rows).
+// Forward scratch: the h exchange, [2 parities][heads][batch group][slice][rows][8 units] (the
+// flags follow: flag_words()) in 32-bit words, for any m-tiles make_plan picks (the batch padded to
+// 64 rows).
 constexpr long long exchange_words(long long batch, long long heads, long long head_dim, int esize) {
   const long long padded = (batch + 63) / 64 * 64;
   return 2 * heads * padded * (head_dim * esize / 4);
+}
+
+// The forward's multicast staging (multi_forward.cuh): CTA rank r of a cluster stages the r-th
+// range of slices / cluster blocks of h_{t-1}, in bulk copies of `wanted` blocks each (a copy
+// waits only for the flags of its own blocks): the largest divisor of the range up to `wanted` and
+// up to 32 (a lane polls each flag). 0: each CTA waits for every flag, then copies its range.
+constexpr int forward_copy_blocks(int slices, int cluster, int wanted) {
+  if (wanted == 0 || cluster < 2) return 0;
+  const int range = slices / cluster;
+  int blocks = 1;
+  for (int b = 1; b <= range && b <= 32; ++b)
+    if (range % b == 0 && b <= wanted) blocks = b;
+  return blocks;
 }
 
 // The backward's dg exchange (multi_backward.cuh): [2 parities][heads][padded batch][Gr * D]

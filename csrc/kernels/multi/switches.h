@@ -34,6 +34,13 @@ inline bool turned_off(const char* name) { return env_is(name, "0"); }
 // one card).
 inline bool multi_backward_forced() { return env_is("FLASHRNN_MULTI_BACKWARD", "1"); }
 
+// FLASHRNN_FORWARD_COPY=k: the L2 forward's multicast copies k blocks each (plan.h
+// forward_copy_blocks; 0: every CTA waits for all flags first); unset: `fallback`.
+inline int forward_copy_wanted(int fallback) {
+  const char* v = std::getenv("FLASHRNN_FORWARD_COPY");
+  return v == nullptr ? fallback : std::atoi(v);
+}
+
 // Whether the L2 variant's backward stages through a ring of buffers (multicast stages them, as a rule).
 inline bool backward_ring(const DeviceLimits& device) {
   return device.cc_major >= 9 && multicast_largest() > 1;

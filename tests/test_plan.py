@@ -163,8 +163,8 @@ def test_backward_stages_chunks_in_a_ring_on_an_h100():
     assert p["slots"] == 3 and p["chunk_k"] in (1056, 528) and p["resident"] < 4 * 2112 // 16, p
 
 
-def test_forward_copy_blocks_divide_each_ctas_range():
-    copy_blocks = _core._C.forward_copy_blocks
+def test_multicast_copy_blocks_divide_each_ctas_range():
+    copy_blocks = _core._C.copy_blocks
     for slices, cluster, wanted in itertools.product([2, 32, 48, 96, 128, 256], [1, 2, 4, 8, 16], [0, 1, 2, 5, 6, 64, 256]):
         if slices % cluster:
             continue

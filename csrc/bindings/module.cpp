@@ -145,8 +145,8 @@ PYBIND11_MODULE(_C, m) {
     d["dg_exchange_words"] = multi::dg_exchange_words(batch, heads, head_dim, gates_r, esize);
     return d;
   }, "the multi-CTA kernels' plan for the given device limits (pure arithmetic, no GPU), or {'why': ...}");
-  m.def("forward_copy_blocks", &flashrnn::multi::forward_copy_blocks,
-        "blocks of h per multicast copy of the multi-CTA forward (plan.h; 0: after every flag)");
+  m.def("copy_blocks", &flashrnn::multi::copy_blocks,
+        "blocks per multicast copy of the multi-CTA kernels' staging (plan.h; forward 0: after every flag)");
   // A cluster plan as a dict, or {'why': ...} where make_plan / make_wide_plan refused the shape.
   auto cluster_plan_dict = [](const flashrnn::cluster::Plan& p, const char* why) {
     py::dict d;

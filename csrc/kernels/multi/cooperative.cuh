@@ -115,43 +115,21 @@ __device__ __forceinline__ unsigned char* dg_exchange(unsigned* flags, long long
 
 // Stages `count` blocks of `bytes` each (block i at src + i * bytes, published by the CTA whose
 // flag is flags[i] once that is at least `want`) into dst + i * bytes of this CTA and of every CTA
-// of its cluster: CTA rank r takes blocks r, r + cluster, ... (count is a multiple of the cluster
-// size: every CTA issues some of every chunk); the lane of warp `warp` that takes a block polls
-// its flag (acquire) and multicasts the block right away, so a block waits only for its own CTA.
-// Every CTA's mbarrier `bar` counts the bytes landing in it (the caller waits on it: mbar_wait).
-// Called by all threads, once no CTA of the cluster still reads dst.
-__device__ __forceinline__ void multicast_blocks(unsigned char* dst, const unsigned char* src, unsigned bytes, int count,
-                                                 const unsigned* flags, unsigned want, int cluster, uint64_t* bar,
-                                                 int warp) {
-  const int lane = int(threadIdx.x) - 32 * warp;
-  if (lane < 0 || lane >= 32) return;
-  if (lane == 0) mbar_arm(bar, unsigned(count) * bytes);
-  const int mask = (1 << cluster) - 1;
-  for (int i = int(cluster_rank()) + cluster * lane; i < count; i += 32 * cluster) {
-    poll_flags<32>(flags, i + 1, want, i, 1);
-    fence_proxy_async_global();  // the block was written and acquired through the generic proxy
-    bulk_copy_multicast(smem_addr(dst + i * int(bytes)), src + int64_t(i) * bytes, bytes, smem_addr(bar),
-                        uint16_t(mask));
-  }
-}
-
-// Stages `count` blocks of `bytes` each (block i at src + i * bytes, published by the CTA whose
-// flag is flags[i] once that is at least `want`) into dst + i * bytes of this CTA and of every CTA
-// of its cluster: CTA rank r takes the r-th range of count / cluster consecutive blocks, in bulk
-// copies of `per_copy` blocks (at most 32, dividing the range); copy c of the range is issued by
-// warp kWarps - 1 - c % warps (the last `warps` warps take turns) once its lanes 0..per_copy-1
-// have each seen one block's flag (acquire), so a copy waits only for its own blocks' CTAs, and
-// the flags of a copy are polled together. Every CTA's mbarrier `bar` counts the bytes landing in
-// it (the caller waits on it: mbar_wait). Called by all threads, once no CTA of the cluster still
-// reads dst.
+// of its cluster (count is a multiple of the cluster size): CTA rank r takes the r-th range of
+// count / cluster consecutive blocks, in bulk copies of `per_copy` blocks (at most 32, dividing the
+// range; plan.h copy_blocks). `issuers` warps take turns: copy c by the warp whose `issuer` is
+// c % issuers (-1: a warp that issues none), once the warp's lanes 0..per_copy-1 have each seen
+// one block's flag (acquire): a copy waits only for its own blocks' CTAs, and a copy's flags are
+// polled together. Every CTA's mbarrier `bar` counts the bytes landing in it (the caller waits on
+// it: mbar_wait). Called by all threads, once no CTA of the cluster still reads dst.
 __device__ __forceinline__ void multicast_ranges(unsigned char* dst, const unsigned char* src, unsigned bytes,
                                                  int count, int per_copy, const unsigned* flags, unsigned want,
-                                                 int cluster, uint64_t* bar, int warps) {
-  const int issuer = kWarps - 1 - int(threadIdx.x / 32), lane = int(threadIdx.x % 32);
-  if (issuer < 0 || issuer >= warps) return;
+                                                 int cluster, uint64_t* bar, int issuer, int issuers) {
+  const int lane = int(threadIdx.x % 32);
+  if (issuer < 0) return;
   if (issuer == 0 && lane == 0) mbar_arm(bar, unsigned(count) * bytes);
   const int range = count / cluster, first = int(cluster_rank()) * range, mask = (1 << cluster) - 1;
-  for (int c = issuer; c * per_copy < range; c += warps) {
+  for (int c = issuer; c * per_copy < range; c += issuers) {
     const int i = first + c * per_copy;
     if (lane < per_copy) poll_flags<32>(flags, i + lane + 1, want, i + lane, 1);
     __syncwarp();  // every flag of the copy is seen (the lanes' acquires precede lane 0's copy)

@@ -11,8 +11,10 @@
 // Then 4 threads per batch row run the cell's backward on 2 units each. dR and db are reduced after
 // this kernel (weight_grad.cuh), deterministically. dg is published as exchanged (one barrier + one
 // release per step), so the payload is the rounded dg that the single-CTA kernels multiply too.
-// On sm_90 the blocks are staged by multicast as in the forward (multi_forward.cuh): the lane that
-// takes a block polls its CTA's counter and multicasts it right away. A buffer refilled (768 x 1
+// On sm_90 the blocks are staged by multicast as in the forward (multi_forward.cuh): each CTA of a
+// cluster takes a range of a chunk's blocks, polls their counters together and multicasts the range
+// in one copy (multi::multicast_ranges; one copy per block, as their counters showed them, was
+// slower). A buffer refilled (768 x 1
 // B = 64: eight chunks through three buffers) must be done with in every CTA of the cluster first:
 // each CTA arrives on every peer's `empty` mbarrier of it after a block barrier, and the warp that
 // issues the refill waits on its own. (Before: one buffer and a cluster barrier after each chunk,
@@ -150,8 +152,8 @@ __global__ void __launch_bounds__(multi::kThreads + (kProducer ? 32 : 0), kProdu
   // Without the producer warp, chunk j's multicast is issued by warp 7 - j % 8: the warps take
   // turns from the last, past the pointwise rows (the buffer's wait below is on the same warp).
   auto issuing_warp = [](int j) { return multi::kWarps - 1 - j % multi::kWarps; };
-  // Stages chunk j of dg_s into buffer put.slot: multicast (this CTA's blocks, each once its CTA's
-  // flag shows it, issued by the producer warp or issuing_warp(j), once every CTA of the cluster
+  // Stages chunk j of dg_s into buffer put.slot: multicast (this CTA's range of blocks once their
+  // CTAs' flags show them, issued by the producer warp or issuing_warp(j), once every CTA of the cluster
   // is done with the buffer's last chunk), else every thread copies all blocks (the flags were
   // waited for). Called by the issuing warp(s).
   auto stage_chunk = [&](int64_t s, int j) {
@@ -164,8 +166,8 @@ __global__ void __launch_bounds__(multi::kThreads + (kProducer ? 32 : 0), kProdu
         empty_parity ^= 1u << put.slot;
       }
       used |= 1u << put.slot;
-      multi::multicast_blocks(dst, from, unsigned(block_bytes), blocks, group_flags + j * blocks,
-                              unsigned(steps - s + 1), plan.cluster, &full[put.slot], warp_issuing);
+      multi::multicast_ranges(dst, from, unsigned(block_bytes), blocks, plan.copy_blocks, group_flags + j * blocks,
+                              unsigned(steps - s + 1), plan.cluster, &full[put.slot], warp == warp_issuing ? 0 : -1, 1);
     } else {
       multi::copy_pieces(dst, block_bytes, {from, block_bytes, blocks, unsigned(block_bytes)});
     }
@@ -300,6 +302,12 @@ multi::Plan multi_backward_plan(multi::Plan plan, const char* why, const Backwar
                                 const DeviceLimits& device) {
   FLASHRNN_CHECK(why == nullptr, "multi-CTA backward: " << why);
   const bool ring = multi::backward_ring(device);
+  auto copies = [&](multi::Plan launched) {  // a chunk's blocks per CTA in one copy, as a rule
+    const int range = plan.slices / plan.chunks / launched.cluster;
+    launched.copy_blocks = multi::copy_blocks(plan.slices / plan.chunks, launched.cluster,
+                                              std::max(1, multi::copy_wanted("FLASHRNN_BACKWARD_COPY", range)));
+    return launched;
+  };
   plan.alongside = sizeof(T) == 2 && !p.recurrent_cut && p.steps > 0 && plan.smem >= alongside::kSmemBytes &&
                    plan.waves() == 1;  // (the workers' flags and sums span all heads and groups)
   // A producer warp where buffers are refilled within a step and every CTA has an SM of its own.
@@ -307,10 +315,10 @@ multi::Plan multi_backward_plan(multi::Plan plan, const char* why, const Backwar
                   !multi::turned_off("FLASHRNN_PRODUCER");
   if (plan.producer) {
     const multi::Plan launched = multi::launch_plan(multi_backward_kernel<Cell, T, true>, plan, device, "multi_backward_kernel");
-    if (launched.cluster > 1) return launched;  // else per-CTA copies: every warp copies its rows
+    if (launched.cluster > 1) return copies(launched);  // else per-CTA copies: every warp copies its rows
     plan.producer = false;
   }
-  return multi::launch_plan(multi_backward_kernel<Cell, T, false>, plan, device, "multi_backward_kernel");
+  return copies(multi::launch_plan(multi_backward_kernel<Cell, T, false>, plan, device, "multi_backward_kernel"));
 }
 
 template <class Cell, class T>

@@ -128,6 +128,7 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
   // acquires would wait for the Wx loads in flight), all where every warp has some.
   const int pointwise_warps = (rows * 4 + 31) / 32;
   const int issuers = pointwise_warps < multi::kWarps ? multi::kWarps - pointwise_warps : multi::kWarps;
+  const int issuer = multi::kWarps - 1 - warp < issuers ? multi::kWarps - 1 - warp : -1;  // from the last warp
   const float clip = p.forward_clip_value;
   for (int64_t t = 1; t <= steps; ++t) {
     // Stage h_{t-1} into hs through L2 (the bulk copies and cp.async.cg read L2: no stale L1 line
@@ -136,7 +137,7 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
     if (in_ranges) {  // each copy once its blocks' flags show them, after the cluster is done with hs
       cluster_wait();
       multi::multicast_ranges(hs, region(t - 1), unsigned(block_bytes), plan.slices, plan.copy_blocks, group_flags,
-                              unsigned(t), plan.cluster, &staged, issuers);
+                              unsigned(t), plan.cluster, &staged, issuer, issuers);
     } else {  // once every CTA of this (head, group) has published h_{t-1} (acquire polls)
       multi::wait_for_flags(group_flags, plan.slices, unsigned(t));
       if (multicast) {  // every CTA of the cluster has published h_{t-1}: none still reads hs
@@ -238,7 +239,7 @@ void launch_multi_forward(const ForwardParams& p, const DeviceLimits& device, cu
       sizeof(unsigned) * multi::flag_words(p.batch, p.heads, p.head_dim), stream));
   const char* name = "multi_forward_kernel";
   plan = multi::launch_plan(multi_forward_kernel<Cell, T>, plan, device, name);
-  plan.copy_blocks = multi::forward_copy_blocks(plan.slices, plan.cluster, multi::forward_copy_wanted(plan.slices));
+  plan.copy_blocks = multi::copy_blocks(plan.slices, plan.cluster, multi::copy_wanted("FLASHRNN_FORWARD_COPY", plan.slices));
   multi::launch_cooperative(multi_forward_kernel<Cell, T>, plan, stream, name, p);
 }
 

@@ -57,7 +57,7 @@ struct Plan {
   bool alongside = false;    // backward: asks the launch for CTAs that compute dR and db alongside
   int dr_columns = 0;        // those CTAs, as grid columns beyond the slices (launch_plan sets it)
   bool producer = false;     // backward: a ninth warp stages the chunks (one CTA per SM, multi_backward.cuh)
-  int copy_blocks = 0;       // forward with multicast: blocks of h per bulk copy (forward_copy_blocks)
+  int copy_blocks = 0;       // multicast: blocks per bulk copy (copy_blocks(); forward 0: after every flag)
 
   constexpr int rows() const { return 16 * mt; }
   constexpr int threads() const { return kThreads + (producer ? 32 : 0); }
@@ -199,13 +199,15 @@ constexpr long long exchange_words(long long batch, long long heads, long long h
   return 2 * heads * padded * (head_dim * esize / 4);
 }
 
-// The forward's multicast staging (multi_forward.cuh): CTA rank r of a cluster stages the r-th
-// range of slices / cluster blocks of h_{t-1}, in bulk copies of `wanted` blocks each (a copy
-// waits only for the flags of its own blocks): the largest divisor of the range up to `wanted` and
-// up to 32 (a lane polls each flag). 0: each CTA waits for every flag, then copies its range.
-constexpr int forward_copy_blocks(int slices, int cluster, int wanted) {
+// The multicast staging of `count` blocks (the forward's h_{t-1}: every slice's; the backward's
+// chunk of dg): CTA rank r of a cluster stages the r-th range of count / cluster blocks, in bulk
+// copies of `wanted` blocks each (a copy waits only for the flags of its own blocks;
+// multi::multicast_ranges): the largest divisor of the range up to `wanted` and up to 32 (a lane
+// polls each flag). 0 where `wanted` is 0 (the forward: each CTA waits for every flag, then copies
+// its range) or there is no cluster.
+constexpr int copy_blocks(int count, int cluster, int wanted) {
   if (wanted == 0 || cluster < 2) return 0;
-  const int range = slices / cluster;
+  const int range = count / cluster;
   int blocks = 1;
   for (int b = 1; b <= range && b <= 32; ++b)
     if (range % b == 0 && b <= wanted) blocks = b;

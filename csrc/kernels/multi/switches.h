@@ -34,10 +34,11 @@ inline bool turned_off(const char* name) { return env_is(name, "0"); }
 // one card).
 inline bool multi_backward_forced() { return env_is("FLASHRNN_MULTI_BACKWARD", "1"); }
 
-// FLASHRNN_FORWARD_COPY=k: the L2 forward's multicast copies k blocks each (plan.h
-// forward_copy_blocks; 0: every CTA waits for all flags first); unset: `fallback`.
-inline int forward_copy_wanted(int fallback) {
-  const char* v = std::getenv("FLASHRNN_FORWARD_COPY");
+// FLASHRNN_FORWARD_COPY=k / FLASHRNN_BACKWARD_COPY=k (`name`): the L2 variant's multicast copies
+// k blocks each (plan.h copy_blocks; forward 0: every CTA waits for all flags first); unset:
+// `fallback`. Tests and benchmarks compare copy sizes on one card.
+inline int copy_wanted(const char* name, int fallback) {
+  const char* v = std::getenv(name);
   return v == nullptr ? fallback : std::atoi(v);
 }
 

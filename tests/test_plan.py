@@ -165,7 +165,8 @@ def test_backward_stages_chunks_in_a_ring_on_an_h100():
 
 def test_multicast_copy_blocks_divide_each_ctas_range():
     copy_blocks = _core._C.copy_blocks
-    for slices, cluster, wanted in itertools.product([2, 32, 48, 96, 128, 256], [1, 2, 4, 8, 16], [0, 1, 2, 5, 6, 64, 256]):
+    grid = itertools.product([2, 32, 48, 96, 128, 256], [1, 2, 4, 8, 16], [0, 1, 2, 5, 6, 64, 256])
+    for slices, cluster, wanted in grid:
         if slices % cluster:
             continue
         blocks, rng = copy_blocks(slices, cluster, wanted), slices // cluster

@@ -12,16 +12,16 @@
 // this kernel (weight_grad.cuh), deterministically. dg is published as exchanged (one barrier + one
 // release per step), so the payload is the rounded dg that the single-CTA kernels multiply too.
 // On sm_90 the blocks are staged by multicast as in the forward (multi_forward.cuh): each CTA of a
-// cluster takes a range of a chunk's blocks, polls their counters together and multicasts the range
-// in one copy (multi::multicast_ranges; one copy per block, as their counters showed them, was
-// slower). A buffer refilled (768 x 1
-// B = 64: eight chunks through three buffers) must be done with in every CTA of the cluster first:
-// each CTA arrives on every peer's `empty` mbarrier of it after a block barrier, and the warp that
-// issues the refill waits on its own. (Before: one buffer and a cluster barrier after each chunk,
-// 18.4 us per step; the ring 17.2. Warps that wait for their own refills instead of a block
-// barrier per chunk measured 18.0.) Where every CTA has an SM to itself, a ninth warp (kProducer)
-// waits for the flags and the `empty` arrivals and issues every chunk instead, and each consumer
-// warp arrives on every peer's `empty` once done with a buffer: no block barrier per chunk (768 x 1 B = 64 fp16 fwbw 20.9 -> 20.6 ms, GRU 18.5 -> 17.3).
+// cluster takes a range of a chunk's blocks, polls their counters together and multicasts the
+// range in one copy (multi::multicast_ranges; one copy per block, as their counters showed them,
+// was slower). A buffer refilled (768 x 1 B = 64: eight chunks through three buffers) must be done
+// with in every CTA of the cluster first: each CTA arrives on every peer's `empty` mbarrier of it
+// after a block barrier, and the warp that issues the refill waits on its own. (Before: one buffer
+// and a cluster barrier after each chunk, 18.4 us per step; the ring 17.2. Warps that wait for
+// their own refills instead of a block barrier per chunk measured 18.0.) Where every CTA has an SM
+// to itself, a ninth warp (kProducer) waits for the flags and the `empty` arrivals and issues
+// every chunk instead, and each consumer warp arrives on every peer's `empty` once done with a
+// buffer: no block barrier per chunk (768 x 1 B = 64 fp16 fwbw 20.9 -> 20.6 ms, GRU 18.5 -> 17.3).
 // The remote arrives release at cluster scope (at CTA scope they would not order this CTA's reads
 // before a peer's refill); without a producer that costs 1024 x 1 B = 64 5% (57.4 -> 60.2 ms).
 #pragma once
@@ -153,8 +153,8 @@ __global__ void __launch_bounds__(multi::kThreads + (kProducer ? 32 : 0), kProdu
   // turns from the last, past the pointwise rows (the buffer's wait below is on the same warp).
   auto issuing_warp = [](int j) { return multi::kWarps - 1 - j % multi::kWarps; };
   // Stages chunk j of dg_s into buffer put.slot: multicast (this CTA's range of blocks once their
-  // CTAs' flags show them, issued by the producer warp or issuing_warp(j), once every CTA of the cluster
-  // is done with the buffer's last chunk), else every thread copies all blocks (the flags were
+  // CTAs' flags show them, issued by the producer warp or issuing_warp(j), once every CTA of the
+  // cluster is done with the buffer's last chunk), else every thread copies all blocks (the flags were
   // waited for). Called by the issuing warp(s).
   auto stage_chunk = [&](int64_t s, int j) {
     unsigned char* dst = stage + put.slot * slot_bytes;

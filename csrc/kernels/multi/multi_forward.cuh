@@ -4,8 +4,8 @@
 // Exchange: the pointwise threads write h_t into a double buffer in L2 (parity t % 2; a block of
 // 8 units per CTA), the CTA meets at a barrier and its last thread sets the CTA's progress flag to
 // t + 1 (release); readers poll the flags of their (head, batch group) with acquire loads and copy
-// the blocks of h_t with cp.async.cg. Releases, polls and multicast issues are done by the block's last threads, past the
-// pointwise rows: a release or acquire waits for the thread's own loads in flight (the next
+// the blocks of h_t with cp.async.cg. Releases, polls and multicast issues are done by the
+// block's last threads, past the pointwise rows: a release or acquire waits for the thread's own loads in flight (the next
 // step's Wx from HBM; 768 x 1 bf16 B = 16 fwbw 8.1 -> 7.8 ms on the H100). The buffer can be
 // reused two steps later: a CTA writes h_{t+1} only after every CTA has published h_t, which each
 // did after copying h_{t-1}. (The first version stored each word with its step tag and polled
@@ -82,7 +82,7 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
   __shared__ uint64_t staged;  // multicast staging: h_{t-1}'s blocks have arrived
   const bool multicast = plan.cluster > 1, in_ranges = multicast && plan.copy_blocks > 0;
   if (multicast) multi::start_multicast(&staged);
-  if (in_ranges) cluster_arrive_relaxed();  // (hs is free: the first step's wait below)
+  if (in_ranges) cluster_arrive_relaxed();  // hs is free (the first step's cluster_wait below)
 
   // The exchange: h_t of this (head, group) at region(t), all its blocks in slice order; then one
   // progress flag per CTA [head][group][slice].
@@ -90,7 +90,9 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
   unsigned* group_flags = reinterpret_cast<unsigned*>(p.workspace) +
                           multi::exchange_words(B, N, D, sizeof(T)) + (n * plan.groups + group) * plan.slices;
   const int region_bytes = plan.slices * block_bytes;
-  auto region = [&](int64_t t) { return xdata + (((t & 1) * N + n) * plan.padded_batch() + b0) * D * int64_t(sizeof(T)); };
+  auto region = [&](int64_t t) {
+    return xdata + (((t & 1) * N + n) * plan.padded_batch() + b0) * D * int64_t(sizeof(T));
+  };
 
   // Pointwise threads: 4 per batch row, each owning units u0 + 2 * pair and + 1.
   const int prow = tid / 4, pair = tid % 4;
@@ -239,7 +241,8 @@ void launch_multi_forward(const ForwardParams& p, const DeviceLimits& device, cu
       sizeof(unsigned) * multi::flag_words(p.batch, p.heads, p.head_dim), stream));
   const char* name = "multi_forward_kernel";
   plan = multi::launch_plan(multi_forward_kernel<Cell, T>, plan, device, name);
-  plan.copy_blocks = multi::copy_blocks(plan.slices, plan.cluster, multi::copy_wanted("FLASHRNN_FORWARD_COPY", plan.slices));
+  plan.copy_blocks =  // the CTA's whole range in one copy, as a rule (perf-log.md, seventeenth session)
+      multi::copy_blocks(plan.slices, plan.cluster, multi::copy_wanted("FLASHRNN_FORWARD_COPY", plan.slices));
   multi::launch_cooperative(multi_forward_kernel<Cell, T>, plan, stream, name, p);
 }
 

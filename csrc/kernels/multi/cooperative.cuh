@@ -67,43 +67,37 @@ __device__ __forceinline__ void release_flag(unsigned* flag, unsigned value, int
   if (int(threadIdx.x) == (threads > 0 ? threads : int(blockDim.x)) - 1) st_release_gpu(flag, value);
 }
 
-// Rows to stage from global into shared memory: row r of `bytes` (a multiple of 16, 16-byte
-// aligned) at src + r * src_row.
-struct Pieces {
-  const unsigned char* src;
-  int64_t src_row;
-  int rows;
-  unsigned bytes;
-};
-
-// Copies the rows into this CTA's shared memory at dst + r * dst_row with cp.async (one commit
-// group; the caller waits for it): warps take rows, lanes consecutive 16-byte parts (512
-// contiguous bytes per warp and instruction; no division per copy). Called by all threads.
-__device__ __forceinline__ void copy_pieces(unsigned char* dst, int dst_row, const Pieces& from) {
-  const int lane = int(threadIdx.x % 32), warps = int(blockDim.x / 32), per_row = int(from.bytes / 16);
-  for (int r = int(threadIdx.x / 32); r < from.rows; r += warps)
-    for (int c = lane; c < per_row; c += 32)
-      cp_async_16(dst + r * dst_row + c * 16, from.src + r * from.src_row + c * 16, true);
+// Copies `bytes` (a multiple of 16; both addresses 16-byte aligned) from src in global memory
+// into this CTA's shared memory at dst with cp.async (one commit group; the caller waits for it):
+// thread i takes 16-byte parts i, i + threads, ... (512 contiguous bytes per warp and
+// instruction). Called by all threads.
+__device__ __forceinline__ void copy_to_shared(unsigned char* dst, const unsigned char* src, int bytes) {
+  for (int i = int(threadIdx.x) * 16; i < bytes; i += int(blockDim.x) * 16) cp_async_16(dst + i, src + i, true);
   cp_async_commit();
 }
 
-// The same into this CTA and every CTA of its cluster: the cluster's CTAs split the rows and
-// multicast each one (one L2 read per cluster instead of one per CTA); every CTA's mbarrier `bar`
-// counts the bytes landing in it (the caller waits on it: mbar_wait). Called by all threads of
-// every CTA of the cluster, once nobody in the cluster still reads the previous contents of dst
-// and past a block barrier that followed the acquire of the data. Warp `warp` of each CTA issues
-// its copies (a bulk copy instruction holds its warp for ~500-650 cycles, measured).
-__device__ __forceinline__ void multicast_pieces(unsigned char* dst, int dst_row, const Pieces& from, int cluster,
-                                                 uint64_t* bar, int warp = 0) {
-  const int lane = int(threadIdx.x) - 32 * warp;
-  if (lane == 0) mbar_arm(bar, unsigned(from.rows) * from.bytes);
-  if (lane >= 0 && lane < 32) {
-    fence_proxy_async_global();  // the data was written and acquired through the generic proxy
-    const int mask = (1 << cluster) - 1;
-    for (int r = int(cluster_rank()) + cluster * lane; r < from.rows; r += 32 * cluster)
-      bulk_copy_multicast(smem_addr(dst + r * dst_row), from.src + r * from.src_row, from.bytes, smem_addr(bar),
-                          uint16_t(mask));
-  }
+// The same into this CTA and every CTA of its cluster: CTA rank r multicasts the r-th of `cluster`
+// equal shares of the bytes (a multiple of 16 * cluster) in one bulk copy (one L2 read per cluster
+// instead of one per CTA), issued by lane 0 of warp `warp`; every CTA's mbarrier `bar` counts the
+// bytes landing in it (the caller waits on it: mbar_wait). Called by all threads of every CTA of
+// the cluster, once nobody in the cluster still reads the previous contents of dst and past a
+// block barrier that followed the acquire of the data.
+__device__ __forceinline__ void multicast_shares(unsigned char* dst, const unsigned char* src, int bytes, int cluster,
+                                                 uint64_t* bar, int warp) {
+  if (int(threadIdx.x) != 32 * warp) return;
+  mbar_arm(bar, unsigned(bytes));
+  fence_proxy_async_global();  // the data was written and acquired through the generic proxy
+  const int share = bytes / cluster, first = int(cluster_rank()) * share;
+  bulk_copy_multicast(smem_addr(dst + first), src + first, unsigned(share), smem_addr(bar), uint16_t((1 << cluster) - 1));
+}
+
+// The ldmatrix_x4 address of this lane's row for the A fragment of rows row0..row0+15, k-step 0,
+// of an operand in blocks of 8 units ([block][rows][8 units], unit_bytes per row of a block): a
+// k-step's 32 bytes of a row are two blocks' rows (16-bit) or one (fp32), lanes 16-31 reading the
+// second 16 bytes; k-step ks lies ks * 32 * rows bytes further.
+__device__ __forceinline__ uint32_t block_a_address(const unsigned char* base, int rows, int row0, int unit_bytes) {
+  const int lane = int(threadIdx.x % 32), part = (lane >> 4) * 16;
+  return smem_addr(base + (part / unit_bytes * rows + row0 + (lane & 15)) * unit_bytes) + part % unit_bytes;
 }
 
 // The backward's dg exchange: after the progress flags, 16-byte aligned (plan.h dg_exchange_words).

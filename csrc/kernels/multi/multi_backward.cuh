@@ -169,7 +169,7 @@ __global__ void __launch_bounds__(multi::kThreads + (kProducer ? 32 : 0), kProdu
       multi::multicast_ranges(dst, from, unsigned(block_bytes), blocks, plan.copy_blocks, group_flags + j * blocks,
                               unsigned(steps - s + 1), plan.cluster, &full[put.slot], warp == warp_issuing ? 0 : -1, 1);
     } else {
-      multi::copy_pieces(dst, block_bytes, {from, block_bytes, blocks, unsigned(block_bytes)});
+      multi::copy_to_shared(dst, from, blocks * block_bytes);
     }
     put.next();
   };
@@ -195,12 +195,7 @@ __global__ void __launch_bounds__(multi::kThreads + (kProducer ? 32 : 0), kProdu
         cp_async_wait_at_most(staged - j - 1);
         __syncthreads();  // chunk j is staged
       }
-      // A k-step's 32 bytes of a row: one gate's 8 units (fp32) or two gates' (16-bit); lanes 16-31
-      // read the second 16 bytes.
-      const int a_part = (lane >> 4) * 16;
-      const uint32_t a_src = smem_addr(stage + slot * slot_bytes +
-                                       (a_part / kUnitBytes * rows + mt * 16 + (lane & 15)) * kUnitBytes) +
-                             a_part % kUnitBytes;
+      const uint32_t a_src = multi::block_a_address(stage + slot * slot_bytes, rows, mt * 16, kUnitBytes);
       const int ks0 = j * plan.chunk_k / M::kK, count = plan.chunk_k / M::kK;
       auto multiply = [&](auto&& fragment) {
         for (int j0 = kg; j0 < count; j0 += kChains * k_groups) {
@@ -302,10 +297,10 @@ multi::Plan multi_backward_plan(multi::Plan plan, const char* why, const Backwar
                                 const DeviceLimits& device) {
   FLASHRNN_CHECK(why == nullptr, "multi-CTA backward: " << why);
   const bool ring = multi::backward_ring(device);
-  auto copies = [&](multi::Plan launched) {  // a chunk's blocks per CTA in one copy, as a rule
-    const int range = plan.slices / plan.chunks / launched.cluster;
-    launched.copy_blocks = multi::copy_blocks(plan.slices / plan.chunks, launched.cluster,
-                                              std::max(1, multi::copy_wanted("FLASHRNN_BACKWARD_COPY", range)));
+  auto copies = [&](multi::Plan launched) {  // a CTA's range of a chunk in one copy, as a rule
+    const int blocks = plan.slices / plan.chunks;
+    launched.copy_blocks =
+        multi::copy_blocks(blocks, launched.cluster, std::max(1, multi::copy_wanted("FLASHRNN_BACKWARD_COPY", blocks)));
     return launched;
   };
   plan.alongside = sizeof(T) == 2 && !p.recurrent_cut && p.steps > 0 && plan.smem >= alongside::kSmemBytes &&

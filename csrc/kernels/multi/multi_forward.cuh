@@ -122,10 +122,7 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
   if (steps > 0) publish(0);
 
   const int mt = warp % mt_count, kg = warp / mt_count;
-  // A k-step's 32 bytes of a row: lanes 16-31 read the second 16 bytes.
-  const int a_part = (lane >> 4) * 16;
-  const uint32_t a_src =
-      smem_addr(hs + (a_part / kUnitBytes * rows + mt * 16 + (lane & 15)) * kUnitBytes) + a_part % kUnitBytes;
+  const uint32_t a_src = multi::block_a_address(hs, rows, mt * 16, kUnitBytes);
   // Multicast in ranges: the issuing warps are those without pointwise rows (their releases and
   // acquires would wait for the Wx loads in flight), all where every warp has some.
   const int pointwise_warps = (rows * 4 + 31) / 32;
@@ -142,13 +139,10 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
                               unsigned(t), plan.cluster, &staged, issuer, issuers);
     } else {  // once every CTA of this (head, group) has published h_{t-1} (acquire polls)
       multi::wait_for_flags(group_flags, plan.slices, unsigned(t));
-      if (multicast) {  // every CTA of the cluster has published h_{t-1}: none still reads hs
-        const int range = region_bytes / plan.cluster;  // CTA rank r copies the r-th
-        multi::multicast_pieces(hs, range, {region(t - 1), range, plan.cluster, unsigned(range)}, plan.cluster,
-                                &staged, multi::kWarps - 1);
-      } else {
-        multi::copy_pieces(hs, 512, {region(t - 1), 512, region_bytes / 512, 512u});  // (a multiple of 512 B)
-      }
+      if (multicast)  // every CTA of the cluster has published h_{t-1}: none still reads hs
+        multi::multicast_shares(hs, region(t - 1), region_bytes, plan.cluster, &staged, multi::kWarps - 1);
+      else
+        multi::copy_to_shared(hs, region(t - 1), region_bytes);
     }
     if (multicast) mbar_wait(&staged, unsigned(t - 1) & 1u, cluster::kMaxPolls);
     else cp_async_wait<0>();

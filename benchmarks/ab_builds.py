@@ -1,11 +1,12 @@
 """A/B timing of two or more builds of the package on one card, in one run.
 
 Each build is a directory holding a built `flashrnn/` package (a copy of python/flashrnn with the
-_C extension of that build). The builds run one after another, each in its own process, for
+_C extension of that build), optionally followed by `:NAME=VALUE,...`, environment switches that
+build runs with (the same directory may appear with different switches). The builds run one after another, each in its own process, for
 --rounds rounds, so that drift of the card shows up in the spread between rounds. Shapes: the
 multi-CTA ones of issue 4 (T = 1024, cuda_fused; the forward and forward + backward medians).
 
-    python benchmarks/ab_builds.py BUILD_DIR [BUILD_DIR ...] [--rounds 2] [--reps 7]
+    python benchmarks/ab_builds.py BUILD_DIR[:NAME=VALUE,...] [...] [--rounds 2] [--reps 7]
 """
 from __future__ import annotations
 
@@ -20,13 +21,21 @@ SHAPES = [  # function, B, N, D, dtype
 ]
 
 
-def time_build(build, reps):
-    """Runs in the child process: `build`'s flashrnn is the one imported."""
+def split_build(spec):
+    """'DIR' or 'DIR:NAME=VALUE,...' -> (DIR, {NAME: VALUE})."""
+    path, _, switches = spec.partition(":")
+    env = dict(item.split("=", 1) for item in switches.split(",") if item)
+    return path, env
+
+
+def time_build(spec, reps):
+    """Runs in the child process: the build's flashrnn is the one imported."""
+    build, env = split_build(spec)
     sys.path[:0] = [build, os.path.dirname(os.path.abspath(__file__))]
     import torch
     from bench_kernels import time_ours
 
-    name = os.path.basename(os.path.normpath(build))
+    name = os.path.basename(os.path.normpath(build)) + "".join(f" {k}={v}" for k, v in env.items())
     for function, B, N, D, dtype in SHAPES:
         fw, fwbw, _ = time_ours(function, "cuda_fused", B, 1024, N, D, getattr(torch, dtype), reps)
         print(f"{name:>12} {function} {D}x{N} B{B} {dtype}: fw {fw:.3f} fwbw {fwbw:.3f} bw {fwbw - fw:.3f} ms",
@@ -48,7 +57,7 @@ def main():
         for build in args.builds:
             try:
                 done = subprocess.run([sys.executable, __file__, "--one", build, "--reps", str(args.reps)],
-                                      timeout=args.timeout)
+                                      timeout=args.timeout, env={**os.environ, **split_build(build)[1]})
                 if done.returncode:
                     print(f"{build}: exit status {done.returncode}", flush=True)
             except subprocess.TimeoutExpired:

@@ -62,7 +62,11 @@ def test_every_accepted_plan_fits_the_device_and_covers_the_problem(device):
         assert per_sm * (p["smem"] + PER_CTA) <= smem_sm, where
         gates_r, k = CELLS[function].gates_r, 8 if dtype == "float32" else 16
         ksteps = (gates_r if backward else 1) * D // k
-        assert 0 <= p["resident"] <= ksteps, where
+        # the forward's first k-steps of R in registers (6 per warp in 16-bit, 2 in fp32; 8 // mt
+        # k-groups), then in shared memory
+        per_warp = 2 if dtype == "float32" else 6
+        assert p["reg_ksteps"] == (0 if backward else min(per_warp * (8 // p["mt"]), ksteps)), where
+        assert 0 <= p["resident"] <= ksteps - p["reg_ksteps"], where
         tiles = 1 if backward else gates_r
         assert p["smem"] == p["r_offset"] + p["resident"] * tiles * 256, where
         # staging: the step's K columns (forward D, backward Gr * D) in whole chunks of k-steps;
@@ -72,7 +76,7 @@ def test_every_accepted_plan_fits_the_device_and_covers_the_problem(device):
         assert not backward or p["chunk_k"] % (gates_r * 8) == 0, where
         assert 1 <= p["slots"] <= (3 if backward and "sm_90" in device else 1) and p["a_row"] >= p["chunk_k"] * ESIZE[dtype], where
         assert p["red_offset"] == p["slots"] * rows * p["a_row"], where
-        assert p["red_offset"] <= OPERAND_BUDGET or p["resident"] == ksteps, where
+        assert p["red_offset"] <= OPERAND_BUDGET or p["resident"] == ksteps - p["reg_ksteps"], where
         # the ops' workspaces (exchange words, one flag per CTA of every wave) hold the plan's padding
         assert p["exchange_words"] >= 2 * N * p["groups"] * rows * D * ESIZE[dtype] // 4, where
         assert p["flag_words"] >= N * p["groups"] * p["slices"], where

@@ -138,7 +138,7 @@ PYBIND11_MODULE(_C, m) {
     }
     d["mt"] = p.mt; d["groups"] = p.groups; d["slices"] = p.slices; d["heads"] = p.heads;
     d["chunk_k"] = p.chunk_k; d["chunks"] = p.chunks; d["slots"] = p.slots; d["a_row"] = p.a_row; d["red_offset"] = p.red_offset;
-    d["r_offset"] = p.r_offset; d["resident"] = p.resident; d["smem"] = p.smem; d["ctas"] = p.ctas;
+    d["r_offset"] = p.r_offset; d["resident"] = p.resident; d["reg_ksteps"] = p.reg_ksteps; d["smem"] = p.smem; d["ctas"] = p.ctas;
     d["wave_groups"] = p.wave_groups; d["wave_heads"] = p.wave_heads; d["waves"] = p.waves();
     d["exchange_words"] = multi::exchange_words(batch, heads, head_dim, esize);
     d["flag_words"] = multi::flag_words(batch, heads, head_dim);

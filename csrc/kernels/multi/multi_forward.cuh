@@ -23,7 +23,8 @@
 // its last read of h_{t-2}.)
 // Per step: wait for the flags and copy h_{t-1} into shared memory; warp (m-tile, k-group)
 // multiplies its rows by its k-steps of every gate's 8-unit slice of R (m16n8k16; 3xTF32 for
-// fp32); the k-groups' partial sums meet in shared memory; 4 threads per batch row run the cell
+// fp32; the R fragments of its first multi::register_steps k-steps held in registers for the whole
+// sequence, the next plan.resident k-steps' in shared memory, the rest read from L2); the k-groups' partial sums meet in shared memory; 4 threads per batch row run the cell
 // on 2 units each and load Wx for the next step; h_t is published; the states and saved values
 // are written.
 #pragma once
@@ -58,6 +59,7 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
   const int64_t u0 = int64_t(blockIdx.x) * multi::kUnits, b0 = int64_t(group) * rows, n = plan.head0 + blockIdx.z;
   const int valid_rows = int(B - b0 < rows ? B - b0 : rows);
   const int ksteps = int(D / M::kK);
+  const int mt = warp % mt_count, kg = warp / mt_count;
   const T* r = static_cast<const T*>(p.r);
 
   // h travels in blocks, one per slice (the CTA that computes it): [row][8 units], block_bytes
@@ -67,7 +69,7 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
   const int block_bytes = rows * kUnitBytes;
   unsigned char* hs = smem;  // h_{t-1}: [slice][row][8 units]
   float* red = reinterpret_cast<float*>(smem + plan.red_offset);  // [k-group][row][gate * 8 + unit]
-  uint2* rs = reinterpret_cast<uint2*>(smem + plan.r_offset);     // [k-step][gate][lane]
+  uint2* rs = reinterpret_cast<uint2*>(smem + plan.r_offset);     // [k-step - reg_ksteps][gate][lane]
 
   // R_k^T fragments of this CTA's units: element (j, i) = R[k, n, u0 + i, j].
   auto r_fragment = [&](int ks, int k, uint32_t (&f)[2]) {
@@ -75,9 +77,20 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
   };
   for (int i = warp; i < plan.resident * kGr; i += multi::kWarps) {
     uint32_t f[2];
-    r_fragment(i / kGr, i % kGr, f);
+    r_fragment(plan.reg_ksteps + i / kGr, i % kGr, f);
     rs[i * 32 + lane] = make_uint2(f[0], f[1]);
   }
+  // The warp's k-steps kg + i * k_groups, i < kRegSteps (those below reg_ksteps), in registers
+  // (the whole of R's slice at 768 x 1 in 16-bit: its 48 KB per step no longer cross shared memory).
+  constexpr int kRegSteps = multi::register_steps(sizeof(T));
+  uint32_t rr[kRegSteps][kGr][2];
+#pragma unroll
+  for (int i = 0; i < kRegSteps; ++i)
+#pragma unroll
+    for (int k = 0; k < kGr; ++k) {
+      rr[i][k][0] = rr[i][k][1] = 0u;
+      if (kg + i * k_groups < plan.reg_ksteps) r_fragment(kg + i * k_groups, k, rr[i][k]);
+    }
   __syncthreads();
   __shared__ uint64_t staged;  // multicast staging: h_{t-1}'s blocks have arrived
   const bool multicast = plan.cluster > 1, in_ranges = multicast && plan.copy_blocks > 0;
@@ -121,7 +134,6 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
   if (pw && steps > 0) cell.load_wx(0);
   if (steps > 0) publish(0);
 
-  const int mt = warp % mt_count, kg = warp / mt_count;
   const uint32_t a_src = multi::block_a_address(hs, rows, mt * 16, kUnitBytes);
   // Multicast in ranges: the issuing warps are those without pointwise rows (their releases and
   // acquires would wait for the Wx loads in flight), all where every warp has some.
@@ -148,17 +160,33 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
     else cp_async_wait<0>();
     __syncthreads();  // hs holds h_{t-1}; red is free (the last step's pointwise reads are done)
 
-    // The k-steps whose R fragments sit in shared memory, then those read from L2 (two loops,
-    // so that the resident one carries no address arithmetic of the other).
+    // The k-steps whose R fragments sit in registers (unrolled: each A fragment is loaded while
+    // the previous one's products run), in shared memory, then those read from L2 (separate loops,
+    // so that each carries no address arithmetic of the others).
     float acc[kGr][4] = {};
-    const int resident_end = plan.resident < ksteps ? plan.resident : ksteps;
-    int ks = kg;
+    {
+      auto load_a = [&](int i, uint32_t (&a)[4]) {  // (a k-step past the head reads k-step kg, unused)
+        const int ks = kg + i * k_groups;
+        ldmatrix_x4(a, a_src + (ks < plan.reg_ksteps ? ks : kg) * 32 * rows);
+      };
+      uint32_t a[2][4];
+      load_a(0, a[0]);
+#pragma unroll
+      for (int i = 0; i < kRegSteps; ++i) {
+        if (i + 1 < kRegSteps) load_a(i + 1, a[(i + 1) % 2]);
+        if (kg + i * k_groups < plan.reg_ksteps)
+#pragma unroll
+          for (int k = 0; k < kGr; ++k) M::mma(acc[k], a[i % 2], rr[i][k], p.allow_tf32);
+      }
+    }
+    const int resident_end = plan.reg_ksteps + plan.resident;
+    int ks = kg + kRegSteps * k_groups;
     for (; ks < resident_end; ks += k_groups) {
       uint32_t a[4];
       ldmatrix_x4(a, a_src + ks * 32 * rows);
 #pragma unroll
       for (int k = 0; k < kGr; ++k) {
-        const uint2 v = rs[(ks * kGr + k) * 32 + lane];
+        const uint2 v = rs[((ks - plan.reg_ksteps) * kGr + k) * 32 + lane];
         const uint32_t f[2] = {v.x, v.y};
         M::mma(acc[k], a, f, p.allow_tf32);
       }

@@ -28,6 +28,9 @@ constexpr int kMaxCtasPerSm = 2;        // __launch_bounds__(kThreads, 2): <= 12
 constexpr int kOperandBudget = 100 * 1024;  // bytes for the staged operand rows (more where R fits beside)
 constexpr int kMaxSlots = 3;            // backward stage buffers (the ring's size, stage_chunks)
 constexpr int kFragBytes = 32 * 8;      // one B fragment (8 bytes per lane) of one n-tile
+// Forward: a warp's first k-steps whose R fragments sit in registers (48 registers of 4 gates in
+// 16-bit; fp32's 3xTF32 products need the registers themselves: more spill).
+constexpr int register_steps(int esize) { return esize == 4 ? 2 : 6; }
 constexpr int kSmemPerCtaReserve = 1024;  // the driver's per-CTA reservation
 
 // Floats per row of the cross-warp reduction buffer: tiles * 8 partial sums, padded so that a
@@ -45,7 +48,8 @@ struct Plan {
   int a_row = 0;             // bytes per staged operand row of one buffer
   int red_offset = 0;        // cross-warp reduction buffer
   int r_offset = 0;          // R fragments
-  int resident = 0;          // k-steps of R fragments held in shared memory
+  int reg_ksteps = 0;        // forward: k-steps 0.. whose R fragments the warps hold in registers
+  int resident = 0;          // k-steps of R fragments held in shared memory (the forward's after reg_ksteps)
   int smem = 0;              // dynamic shared memory per CTA
   int wave_groups = 0;       // batch groups per launch (all of them where heads fit beside)
   int wave_heads = 0;        // heads per launch (1 where one head's groups need several launches)
@@ -141,8 +145,12 @@ constexpr const char* fill_memory(Plan& p, bool backward, int gates_r, int esize
   p.red_offset = p.slots * p.rows() * p.a_row;
   p.r_offset = p.red_offset + red_bytes;
   if (p.r_offset > budget) return "its CTAs do not fit the device's shared memory";
+  // The forward's warp (m-tile, k-group) keeps the R fragments of its first register_steps k-steps
+  // (k-group, k-group + k-groups, ...) in registers: k-steps 0 .. reg_ksteps - 1 of every warp.
+  const long long in_registers = backward ? 0 : (long long)register_steps(esize) * (kWarps / p.mt);
+  p.reg_ksteps = int(in_registers < ksteps ? in_registers : ksteps);
   const long long fit = (budget - p.r_offset) / (tiles * kFragBytes);
-  p.resident = int(fit < ksteps ? fit : ksteps);
+  p.resident = int(fit < ksteps - p.reg_ksteps ? fit : ksteps - p.reg_ksteps);
   p.smem = p.r_offset + p.resident * tiles * kFragBytes;
   return nullptr;
 }

@@ -2,9 +2,10 @@
 
 Each build is a directory holding a built `flashrnn/` package (a copy of python/flashrnn with the
 _C extension of that build), optionally followed by `:NAME=VALUE,...`, environment switches that
-build runs with (the same directory may appear with different switches). The builds run one after another, each in its own process, for
---rounds rounds, so that drift of the card shows up in the spread between rounds. Shapes: the
-multi-CTA ones of issue 4 (T = 1024, cuda_fused; the forward and forward + backward medians).
+build runs with (the same directory may appear with different switches). The builds run one
+after another, each in its own process, for --rounds rounds, so that drift of the card shows up
+in the spread between rounds. Shapes: the multi-CTA ones of issue 4 (T = 1024, cuda_fused; the
+forward and forward + backward medians).
 
     python benchmarks/ab_builds.py BUILD_DIR[:NAME=VALUE,...] [...] [--rounds 2] [--reps 7]
 """

@@ -24,9 +24,9 @@
 // Per step: wait for the flags and copy h_{t-1} into shared memory; warp (m-tile, k-group)
 // multiplies its rows by its k-steps of every gate's 8-unit slice of R (m16n8k16; 3xTF32 for
 // fp32; the R fragments of its first multi::register_steps k-steps held in registers for the whole
-// sequence, the next plan.resident k-steps' in shared memory, the rest read from L2); the k-groups' partial sums meet in shared memory; 4 threads per batch row run the cell
-// on 2 units each and load Wx for the next step; h_t is published; the states and saved values
-// are written.
+// sequence, the next plan.resident k-steps' in shared memory, the rest read from L2); the
+// k-groups' partial sums meet in shared memory; 4 threads per batch row run the cell on 2 units
+// each and load Wx for the next step; h_t is published; the states and saved values are written.
 #pragma once
 
 #include "../../common/check.h"

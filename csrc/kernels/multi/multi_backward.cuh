@@ -154,8 +154,8 @@ __global__ void __launch_bounds__(multi::kThreads + (kProducer ? 32 : 0), kProdu
   auto issuing_warp = [](int j) { return multi::kWarps - 1 - j % multi::kWarps; };
   // Stages chunk j of dg_s into buffer put.slot: multicast (this CTA's range of blocks once their
   // CTAs' flags show them, issued by the producer warp or issuing_warp(j), once every CTA of the
-  // cluster is done with the buffer's last chunk), else every thread copies all blocks (the flags were
-  // waited for). Called by the issuing warp(s).
+  // cluster is done with the buffer's last chunk), else every thread copies all blocks (the flags
+  // were waited for). Called by the issuing warp(s).
   auto stage_chunk = [&](int64_t s, int j) {
     unsigned char* dst = stage + put.slot * slot_bytes;
     const unsigned char* from = block(s, j * blocks);

@@ -5,8 +5,8 @@
 // 8 units per CTA), the CTA meets at a barrier and its last thread sets the CTA's progress flag to
 // t + 1 (release); readers poll the flags of their (head, batch group) with acquire loads and copy
 // the blocks of h_t with cp.async.cg. Releases, polls and multicast issues are done by the
-// block's last threads, past the pointwise rows: a release or acquire waits for the thread's own loads in flight (the next
-// step's Wx from HBM; 768 x 1 bf16 B = 16 fwbw 8.1 -> 7.8 ms on the H100). The buffer can be
+// block's last threads, past the pointwise rows: a release or acquire waits for the thread's own
+// loads in flight (the next step's Wx from HBM; 768 x 1 bf16 B = 16 fwbw 8.1 -> 7.8 ms on the H100). The buffer can be
 // reused two steps later: a CTA writes h_{t+1} only after every CTA has published h_t, which each
 // did after copying h_{t-1}. (The first version stored each word with its step tag and polled
 // the data itself: 2x the bytes, and an exchange microbenchmark measured 3.23 against 2.58 us per

@@ -128,7 +128,6 @@ constexpr const char* fill_memory(Plan& p, bool backward, int gates_r, int esize
   const long long k_per_step = esize == 4 ? 8 : 16;
   const long long ksteps = (backward ? gates_r : 1) * head_dim / k_per_step;
   const int tiles = backward ? 1 : gates_r;
-  const int one_row = fused::row_bytes(int(head_dim), esize);
   const long long per_sm = (p.ctas + sm_count - 1) / sm_count;
   int budget = smem_per_sm / int(per_sm) - kSmemPerCtaReserve;
   if (budget > smem_per_block) budget = smem_per_block;

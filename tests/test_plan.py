@@ -79,7 +79,8 @@ def test_every_accepted_plan_fits_the_device_and_covers_the_problem(device):
         assert p["red_offset"] <= OPERAND_BUDGET or p["resident"] == ksteps - p["reg_ksteps"], where
         # the ops' workspaces (exchange words, one flag per CTA of every wave) hold the plan's padding
         assert p["exchange_words"] >= 2 * N * p["groups"] * rows * D * ESIZE[dtype] // 4, where
-        assert p["flag_words"] >= N * p["groups"] * p["slices"], where
+        # (one 128-byte line per flag: pollers and writers of different CTAs never share one)
+        assert p["flag_spacing"] * 4 >= 128 and p["flag_words"] >= N * p["groups"] * p["slices"] * p["flag_spacing"], where
         assert p["dg_exchange_words"] >= 2 * N * p["groups"] * rows * gates_r * D * ESIZE[dtype] // 4 + 4, where
         waves += p["waves"] > 1
     assert accepted > 500 and waves > 100

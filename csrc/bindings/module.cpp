@@ -142,6 +142,7 @@ PYBIND11_MODULE(_C, m) {
     d["wave_groups"] = p.wave_groups; d["wave_heads"] = p.wave_heads; d["waves"] = p.waves();
     d["exchange_words"] = multi::exchange_words(batch, heads, head_dim, esize);
     d["flag_words"] = multi::flag_words(batch, heads, head_dim);
+    d["flag_spacing"] = multi::kFlagSpacing;
     d["dg_exchange_words"] = multi::dg_exchange_words(batch, heads, head_dim, gates_r, esize);
     return d;
   }, "the multi-CTA kernels' plan for the given device limits (pure arithmetic, no GPU), or {'why': ...}");

@@ -424,8 +424,8 @@ __device__ __forceinline__ void mbar_arm(uint64_t* bar, unsigned bytes) {
 }
 // One arrival on the mbarrier at the same shared-memory offset as `bar` in the cluster's CTA
 // `rank`: this CTA's reads of a buffer before it are done when that phase completes (release at
-// CTA scope: the reads are of this CTA's shared memory; at cluster scope the backward's ring
-// measured ~1 us per step slower, 768 x 1 B = 16 10.6 against 9.4 us per step, with four chunks).
+// cluster scope: a MEMBAR that waits for the thread's memory operations in flight; at CTA scope it
+// would not order this CTA's reads before a peer's refill, multi_backward.cuh).
 __device__ __forceinline__ void arrive_remote(uint64_t* bar, uint32_t rank) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];" ::"r"(peer_smem(smem_addr(bar), rank))
@@ -434,23 +434,33 @@ __device__ __forceinline__ void arrive_remote(uint64_t* bar, uint32_t rank) {
   __trap();
 #endif
 }
-// Waits until the phase with this parity has completed (acquire at cluster scope: the peers'
-// st.async bytes are visible after it). Traps after `max_polls` unsuccessful polls (a broken
-// launch).
+// What an mbarrier wait orders (mbar_wait): kAcquire, at cluster scope: the peers' st.async bytes
+// and release arrivals are visible after it; kCopies: the phase counts only bulk copies (async
+// proxy) into this CTA, whose bytes an acquire at CTA scope makes visible (that scope also spares
+// the L1 invalidation, CCTL.IVALL, that cluster scope costs every waiting warp).
+enum class Wait { kAcquire, kCopies };
+
+// Waits until the phase with this parity has completed. Traps after `max_polls` unsuccessful polls
+// (a broken launch).
+template <Wait kWait = Wait::kAcquire>
 __device__ __forceinline__ void mbar_wait(uint64_t* bar, unsigned parity, long long max_polls) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define FLASHRNN_TRY_WAIT(sem)                                                  \
+  asm volatile(                                                                 \
+      "{\n\t.reg .pred p;\n\t"                                                  \
+      "mbarrier.try_wait.parity." sem ".shared::cta.b64 p, [%1], %2;\n\t"       \
+      "selp.u32 %0, 1, 0, p;\n\t}"                                               \
+      : "=r"(done)                                                              \
+      : "r"(smem_addr(bar)), "r"(parity)                                        \
+      : "memory")
   for (long long polls = 0;; ++polls) {
     uint32_t done = 0;
-    asm volatile(
-        "{\n\t.reg .pred p;\n\t"
-        "mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], %2;\n\t"
-        "selp.u32 %0, 1, 0, p;\n\t}"
-        : "=r"(done)
-        : "r"(smem_addr(bar)), "r"(parity)
-        : "memory");
+    if constexpr (kWait == Wait::kAcquire) FLASHRNN_TRY_WAIT("acquire.cluster");
+    else FLASHRNN_TRY_WAIT("acquire.cta");
     if (done) return;
     if (polls > max_polls) __trap();
   }
+#undef FLASHRNN_TRY_WAIT
 #else
   __trap();
 #endif

@@ -117,7 +117,7 @@ __global__ void __launch_bounds__(cluster::kThreads, 1)
 
     if (pw) {
       float2 rh_pair[kGr];
-      multi::sum_gate_pairs<kGr, cluster::kForwardKGroups>(rh_pair, red, plan.red_stride, kU, prow, pair);
+      multi::sum_gate_pairs<kGr, cluster::kForwardKGroups>(rh_pair, red, plan.red_stride, kU, 16, prow, pair);
       cell.template step<Math>(rh_pair, p.forward_clip, clip);
       if (t < steps) {
         publish(t);

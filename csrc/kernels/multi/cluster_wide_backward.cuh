@@ -186,7 +186,8 @@ __global__ void __launch_bounds__(cluster::kWideThreads, 1)
       cell.store_dg(t, dg);
     }
     if (plan.worker_groups > 0 && ((steps - t + 1) % kFlagSteps == 0 || t == 1))  // dg_t .. dg_T are out
-      multi::release_flag(flags + (n * plan.groups + blockIdx.y) * plan.size + blockIdx.x, unsigned(steps - t + 1));
+      multi::release_flag(flags + ((n * plan.groups + blockIdx.y) * plan.size + blockIdx.x) * multi::kFlagSpacing,
+                          unsigned(steps - t + 1));
   }
 
   // dL/ds_0 = what reaches the initial states: carried paths + the gradient on states[:, 0].

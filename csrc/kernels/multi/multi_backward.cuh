@@ -132,7 +132,7 @@ __global__ void __launch_bounds__(multi::kThreads + (kProducer ? 32 : 0), kProdu
   // cost ~1000 cycles per chunk.)
   multi::RingCursor put{plan.slots}, take{plan.slots};
 
-  unsigned* group_flags = flags + (n * plan.groups + group) * plan.slices;
+  unsigned* group_flags = flags + (n * plan.groups + group) * plan.slices * multi::kFlagSpacing;
   const int prow = tid / 4, pair = tid % 4;
   const int64_t pb = b0 + prow, unit = u0 + 2 * pair;
   const bool pw = prow < valid_rows;
@@ -166,7 +166,7 @@ __global__ void __launch_bounds__(multi::kThreads + (kProducer ? 32 : 0), kProdu
         empty_parity ^= 1u << put.slot;
       }
       used |= 1u << put.slot;
-      multi::multicast_ranges(dst, from, unsigned(block_bytes), blocks, plan.copy_blocks, group_flags + j * blocks,
+      multi::multicast_ranges(dst, from, unsigned(block_bytes), blocks, plan.copy_blocks, group_flags + j * blocks * multi::kFlagSpacing, multi::kFlagSpacing,
                               unsigned(steps - s + 1), plan.cluster, &full[put.slot], warp == warp_issuing ? 0 : -1, 1);
     } else {
       multi::copy_to_shared(dst, from, blocks * block_bytes);
@@ -181,7 +181,7 @@ __global__ void __launch_bounds__(multi::kThreads + (kProducer ? 32 : 0), kProdu
     return;
   }
   auto recurrent = [&](int64_t s, float (&rec)[2]) {
-    if (!multicast) multi::wait_for_flags(group_flags, plan.slices, unsigned(steps - s + 1));  // every CTA's dg_s is visible
+    if (!multicast) multi::wait_for_flags(group_flags, plan.slices, unsigned(steps - s + 1), multi::kFlagSpacing);  // every CTA's dg_s is visible
     const int mt = warp % mt_count, kg = warp / mt_count;
     if (!producer)
       for (int j = 0; j < ahead; ++j) stage_chunk(s, j);
@@ -189,7 +189,7 @@ __global__ void __launch_bounds__(multi::kThreads + (kProducer ? 32 : 0), kProdu
     for (int j = 0; j < chunks; ++j) {
       const int slot = take.slot;
       if (multicast) {
-        mbar_wait(&full[slot], take.phase, cluster::kMaxPolls);
+        mbar_wait<Wait::kCopies>(&full[slot], take.phase, cluster::kMaxPolls);
       } else {
         const int staged = j + ahead < chunks ? j + ahead : chunks;  // chunks issued so far
         cp_async_wait_at_most(staged - j - 1);
@@ -272,7 +272,7 @@ __global__ void __launch_bounds__(multi::kThreads + (kProducer ? 32 : 0), kProdu
       }
     }
     if (!p.recurrent_cut)  // dg_t is out
-      multi::release_flag(group_flags + blockIdx.x, unsigned(steps - t + 1), consumers);
+      multi::release_flag(group_flags + blockIdx.x * multi::kFlagSpacing, unsigned(steps - t + 1), consumers);
   }
 
   // dL/ds_0 = what reaches the initial states: carried paths + the gradient on states[:, 0].

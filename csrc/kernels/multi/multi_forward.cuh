@@ -98,10 +98,11 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
   if (in_ranges) cluster_arrive_relaxed();  // hs is free (the first step's cluster_wait below)
 
   // The exchange: h_t of this (head, group) at region(t), all its blocks in slice order; then one
-  // progress flag per CTA [head][group][slice].
+  // progress flag per CTA [head][group][slice], a line each (kFlagSpacing words apart).
   unsigned char* xdata = reinterpret_cast<unsigned char*>(p.workspace);
   unsigned* group_flags = reinterpret_cast<unsigned*>(p.workspace) +
-                          multi::exchange_words(B, N, D, sizeof(T)) + (n * plan.groups + group) * plan.slices;
+                          multi::exchange_words(B, N, D, sizeof(T)) +
+                          (n * plan.groups + group) * plan.slices * multi::kFlagSpacing;
   const int region_bytes = plan.slices * block_bytes;
   auto region = [&](int64_t t) {
     return xdata + (((t & 1) * N + n) * plan.padded_batch() + b0) * D * int64_t(sizeof(T));
@@ -129,7 +130,7 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
 #pragma unroll
       for (int i = 0; i < multi::kWordsPerPair<T>; ++i) dst[i] = w[i];
     }
-    multi::release_flag(group_flags + blockIdx.x, unsigned(t + 1));
+    multi::release_flag(group_flags + blockIdx.x * multi::kFlagSpacing, unsigned(t + 1));
   };
   if (pw && steps > 0) cell.load_wx(0);
   if (steps > 0) publish(0);
@@ -148,15 +149,15 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
     if (in_ranges) {  // each copy once its blocks' flags show them, after the cluster is done with hs
       cluster_wait();
       multi::multicast_ranges(hs, region(t - 1), unsigned(block_bytes), plan.slices, plan.copy_blocks, group_flags,
-                              unsigned(t), plan.cluster, &staged, issuer, issuers);
+                              multi::kFlagSpacing, unsigned(t), plan.cluster, &staged, issuer, issuers);
     } else {  // once every CTA of this (head, group) has published h_{t-1} (acquire polls)
-      multi::wait_for_flags(group_flags, plan.slices, unsigned(t));
+      multi::wait_for_flags(group_flags, plan.slices, unsigned(t), multi::kFlagSpacing);
       if (multicast)  // every CTA of the cluster has published h_{t-1}: none still reads hs
         multi::multicast_shares(hs, region(t - 1), region_bytes, plan.cluster, &staged, multi::kWarps - 1);
       else
         multi::copy_to_shared(hs, region(t - 1), region_bytes);
     }
-    if (multicast) mbar_wait(&staged, unsigned(t - 1) & 1u, cluster::kMaxPolls);
+    if (multicast) mbar_wait<Wait::kCopies>(&staged, unsigned(t - 1) & 1u, cluster::kMaxPolls);
     else cp_async_wait<0>();
     __syncthreads();  // hs holds h_{t-1}; red is free (the last step's pointwise reads are done)
 
@@ -212,18 +213,13 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
 
     if (pw) {
       float2 rh_pair[kGr];  // R h_{t-1} at this thread's two units, summed over the k-groups
-#pragma unroll
-      for (int k = 0; k < kGr; ++k) rh_pair[k] = make_float2(0.f, 0.f);
-#pragma unroll
-      for (int j = 0; j < multi::kWarps; ++j) {  // all loads issued together
-        if (j >= k_groups) break;
-#pragma unroll
-        for (int k = 0; k < kGr; ++k) {
-          const float2 v = *reinterpret_cast<const float2*>(red + (j * rows + prow) * kRed + k * 8 + 2 * pair);
-          rh_pair[k].x += v.x;
-          rh_pair[k].y += v.y;
-        }
-      }
+      // (k_groups = 8 / mt as a constant: with a run-time count the loads went out one k-group at a time)
+      if (mt_count == 1)
+        multi::sum_gate_pairs<kGr, multi::kWarps>(rh_pair, red, kRed, multi::kUnits, rows, prow, pair);
+      else if (mt_count == 2)
+        multi::sum_gate_pairs<kGr, multi::kWarps / 2>(rh_pair, red, kRed, multi::kUnits, rows, prow, pair);
+      else
+        multi::sum_gate_pairs<kGr, multi::kWarps / 4>(rh_pair, red, kRed, multi::kUnits, rows, prow, pair);
       cell.template step<Math>(rh_pair, p.forward_clip, clip);
       if (t < steps) cell.load_wx(t);  // (loaded after the publication instead: 768 x 1 3.9 -> 4.4 ms)
     }

@@ -13,17 +13,18 @@ namespace flashrnn::multi {
 template <class T> constexpr int kWordsPerPair = sizeof(T) == 4 ? 2 : 1;
 
 // R h_{t-1} of every gate at a pointwise thread's two units: the sum of the k-groups' partial sums
-// in red ([k-group][16 rows][gate * units + unit], `stride` floats per row) at row `row`, unit 2 pair.
+// in red ([k-group][rows][gate * units + unit], `stride` floats per row) at row `row`, unit 2 pair.
+// (The k-group count is a constant so that all the loads are issued together.)
 template <int kGr, int kKGroups>
-__device__ __forceinline__ void sum_gate_pairs(float2 (&rh)[kGr], const float* red, int stride, int units, int row,
-                                               int pair) {
+__device__ __forceinline__ void sum_gate_pairs(float2 (&rh)[kGr], const float* red, int stride, int units, int rows,
+                                               int row, int pair) {
 #pragma unroll
   for (int k = 0; k < kGr; ++k) rh[k] = make_float2(0.f, 0.f);
 #pragma unroll
   for (int s = 0; s < kKGroups; ++s)
 #pragma unroll
     for (int k = 0; k < kGr; ++k) {
-      const float2 v = *reinterpret_cast<const float2*>(red + (s * 16 + row) * stride + k * units + 2 * pair);
+      const float2 v = *reinterpret_cast<const float2*>(red + (s * rows + row) * stride + k * units + 2 * pair);
       rh[k].x += v.x;
       rh[k].y += v.y;
     }
@@ -34,8 +35,9 @@ struct ForwardPair {
   static constexpr int kGr = Cell::kGatesR, kGw = Cell::kGatesW, kGb = Cell::kGatesB;
   static constexpr int kS = Cell::kStates, kSaved = Cell::kSaved;
 
-  float bb[kGb][2] = {}, st[2][kS] = {}, sv[2][kSaved] = {};
-  typename Pair<T>::type wxn[kGw];  // Wx of the next step
+  float st[2][kS] = {}, sv[2][kSaved] = {};
+  typename Pair<T>::type bb[kGb] = {};  // the bias (raw: half the registers in 16-bit)
+  typename Pair<T>::type wxn[kGw];       // Wx of the next step
   T* out_states;
   T* out_saved;  // nullptr: inference
   const T* wx_row;
@@ -55,7 +57,7 @@ struct ForwardPair {
     if (!active) return;
     const T* bias = static_cast<const T*>(p.bias);
 #pragma unroll
-    for (int k = 0; k < kGb; ++k) load_pair(bias + (k * p.heads + n) * D + unit, bb[k][0], bb[k][1]);
+    for (int k = 0; k < kGb; ++k) bb[k] = load_pair_raw(bias + (k * p.heads + n) * D + unit);
 #pragma unroll
     for (int s = 0; s < kS; ++s) load_pair(out_states + s * state_stride, st[0][s], st[1][s]);
   }
@@ -87,7 +89,11 @@ struct ForwardPair {
         wu[k] = w2[u];
       }
 #pragma unroll
-      for (int k = 0; k < kGb; ++k) bu[k] = bb[k][u];
+      for (int k = 0; k < kGb; ++k) {
+        float b2[2];
+        unpack_pair(bb[k], b2[0], b2[1]);
+        bu[k] = b2[u];
+      }
       Cell::template forward<Math>(ru, wu, bu, st[u], sv[u]);
       if (clip) st[u][0] = fminf(fmaxf(st[u][0], -clip_value), clip_value);
     }

@@ -230,7 +230,8 @@ constexpr long long dg_exchange_words(long long batch, long long heads, long lon
 // Progress flags (forward and backward): one 32-bit counter per CTA [head][batch group][slice],
 // for any m-tiles make_plan picks (at most one batch group per 16 rows), kFlagSpacing words apart:
 // a 128-byte line each. (Dense, the 96 flags of 768 x 1 shared three lines, which every CTA's
-// pollers and writers hit every step: 1024 x 1 bf16 forward 2.95 -> 2.62 ms on the H100.)
+// pollers and writers hit every step: on the H100 1024 x 1 bf16 forward 2.91 -> 2.78 ms, 768
+// 2.36 -> 2.30, with the forward's other changes of 0ffad02; perf-log.md, nineteenth session.)
 constexpr int kFlagSpacing = 32;
 constexpr long long flag_words(long long batch, long long heads, long long head_dim) {
   return heads * ((batch + 15) / 16) * (head_dim / kUnits) * kFlagSpacing;

@@ -110,10 +110,10 @@ __device__ __forceinline__ unsigned char* dg_exchange(unsigned* flags, long long
 }
 
 // Stages `count` blocks of `bytes` each (block i at src + i * bytes, published by the CTA whose
-// flag is flags[i * flag_spacing] once that is at least `want`) into dst + i * bytes of this CTA and of every CTA
-// of its cluster (count is a multiple of the cluster size): CTA rank r takes the r-th range of
-// count / cluster consecutive blocks, in bulk copies of `per_copy` blocks (at most 32, dividing the
-// range; plan.h copy_blocks). `issuers` warps take turns: copy c by the warp whose `issuer` is
+// flag is flags[i * flag_spacing] once that is at least `want`) into dst + i * bytes of this CTA
+// and of every CTA of its cluster (count is a multiple of the cluster size): CTA rank r takes the
+// r-th range of count / cluster consecutive blocks, in bulk copies of `per_copy` blocks (at most
+// 32, dividing the range; plan.h copy_blocks). `issuers` warps take turns: copy c by the warp whose `issuer` is
 // c % issuers (-1: a warp that issues none), once the warp's lanes 0..per_copy-1 have each seen
 // one block's flag (acquire): a copy waits only for its own blocks' CTAs, and a copy's flags are
 // polled together. Every CTA's mbarrier `bar` counts the bytes landing in it (the caller waits on

@@ -166,7 +166,8 @@ __global__ void __launch_bounds__(multi::kThreads + (kProducer ? 32 : 0), kProdu
         empty_parity ^= 1u << put.slot;
       }
       used |= 1u << put.slot;
-      multi::multicast_ranges(dst, from, unsigned(block_bytes), blocks, plan.copy_blocks, group_flags + j * blocks * multi::kFlagSpacing, multi::kFlagSpacing,
+      multi::multicast_ranges(dst, from, unsigned(block_bytes), blocks, plan.copy_blocks,
+                              group_flags + j * blocks * multi::kFlagSpacing, multi::kFlagSpacing,
                               unsigned(steps - s + 1), plan.cluster, &full[put.slot], warp == warp_issuing ? 0 : -1, 1);
     } else {
       multi::copy_to_shared(dst, from, blocks * block_bytes);
@@ -181,7 +182,8 @@ __global__ void __launch_bounds__(multi::kThreads + (kProducer ? 32 : 0), kProdu
     return;
   }
   auto recurrent = [&](int64_t s, float (&rec)[2]) {
-    if (!multicast) multi::wait_for_flags(group_flags, plan.slices, unsigned(steps - s + 1), multi::kFlagSpacing);  // every CTA's dg_s is visible
+    if (!multicast)  // every CTA's dg_s is visible
+      multi::wait_for_flags(group_flags, plan.slices, unsigned(steps - s + 1), multi::kFlagSpacing);
     const int mt = warp % mt_count, kg = warp / mt_count;
     if (!producer)
       for (int j = 0; j < ahead; ++j) stage_chunk(s, j);

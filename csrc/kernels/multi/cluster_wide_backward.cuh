@@ -186,7 +186,7 @@ __global__ void __launch_bounds__(cluster::kWideThreads, 1)
       cell.store_dg(t, dg);
     }
     if (plan.worker_groups > 0 && ((steps - t + 1) % kFlagSteps == 0 || t == 1))  // dg_t .. dg_T are out
-      multi::release_flag(flags + ((n * plan.groups + blockIdx.y) * plan.size + blockIdx.x) * multi::kFlagSpacing,
+      multi::release_flag(multi::flag_at(flags, (n * plan.groups + blockIdx.y) * plan.size + blockIdx.x),
                           unsigned(steps - t + 1));
   }
 

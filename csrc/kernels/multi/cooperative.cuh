@@ -17,6 +17,12 @@
 
 namespace flashrnn::multi {
 
+// Progress flag i of an array of them (plan.h flag_words: kFlagSpacing words apart, a line each).
+template <class U>
+__device__ __forceinline__ U* flag_at(U* flags, long long i) {
+  return flags + i * kFlagSpacing;
+}
+
 // A poll of the progress flags that has not seen what it waits for after this many rounds means a
 // broken launch: the kernel traps (a CUDA error, raised in Python) rather than hanging the GPU.
 constexpr long long kMaxPolls = 1LL << 26;
@@ -25,13 +31,11 @@ constexpr long long kMaxPolls = 1LL << 26;
 // loads: the poll that sees the value is the acquire (relaxed polls and then one acquire cost a
 // second L2 round trip per flag; a fence.acq_rel instead is slower still: it waits for the
 // thread's stores and loads in flight).
-// Flag i lies at flags + i * spacing.
 template <unsigned kSleepNs>
-__device__ __forceinline__ void poll_flags(const unsigned* flags, int count, unsigned want, int first, int stride,
-                                           int spacing) {
+__device__ __forceinline__ void poll_flags(const unsigned* flags, int count, unsigned want, int first, int stride) {
   for (int i = first; i < count; i += stride) {
     long long polls = 0;
-    while (ld_acquire_gpu(flags + i * spacing) < want) {
+    while (ld_acquire_gpu(flag_at(flags, i)) < want) {
       if (++polls > kMaxPolls) __trap();
       __nanosleep(kSleepNs);
     }
@@ -43,12 +47,12 @@ __device__ __forceinline__ void poll_flags(const unsigned* flags, int count, uns
 // rows and their loads in flight), then meets the whole block: every write released before those
 // flags is visible to every thread after it. Called by all threads. kPollers > 0: only the first
 // that many threads poll, kSleepNs apart (the dR and db CTAs, weight_grad/alongside.cuh, poll the
-// same lines as the recurrence, less often). Flag i lies at flags + i * spacing.
+// same lines as the recurrence, less often).
 template <int kPollers = 0, unsigned kSleepNs = 32>
-__device__ __forceinline__ void wait_for_flags(const unsigned* flags, int count, unsigned want, int spacing = 1) {
+__device__ __forceinline__ void wait_for_flags(const unsigned* flags, int count, unsigned want) {
   const int tid = int(threadIdx.x), threads = int(blockDim.x);
-  if (kPollers == 0) poll_flags<kSleepNs>(flags, count, want, threads - 1 - tid, threads, spacing);
-  else if (tid < kPollers) poll_flags<kSleepNs>(flags, count, want, tid, kPollers, spacing);
+  if (kPollers == 0) poll_flags<kSleepNs>(flags, count, want, threads - 1 - tid, threads);
+  else if (tid < kPollers) poll_flags<kSleepNs>(flags, count, want, tid, kPollers);
   __syncthreads();
 }
 
@@ -110,7 +114,7 @@ __device__ __forceinline__ unsigned char* dg_exchange(unsigned* flags, long long
 }
 
 // Stages `count` blocks of `bytes` each (block i at src + i * bytes, published by the CTA whose
-// flag is flags[i * flag_spacing] once that is at least `want`) into dst + i * bytes of this CTA
+// flag is flag_at(flags, i) once that is at least `want`) into dst + i * bytes of this CTA
 // and of every CTA of its cluster (count is a multiple of the cluster size): CTA rank r takes the
 // r-th range of count / cluster consecutive blocks, in bulk copies of `per_copy` blocks (at most
 // 32, dividing the range; plan.h copy_blocks). `issuers` warps take turns: copy c by the warp whose `issuer` is
@@ -119,15 +123,15 @@ __device__ __forceinline__ unsigned char* dg_exchange(unsigned* flags, long long
 // polled together. Every CTA's mbarrier `bar` counts the bytes landing in it (the caller waits on
 // it: mbar_wait). Called by all threads, once no CTA of the cluster still reads dst.
 __device__ __forceinline__ void multicast_ranges(unsigned char* dst, const unsigned char* src, unsigned bytes,
-                                                 int count, int per_copy, const unsigned* flags, int flag_spacing,
-                                                 unsigned want, int cluster, uint64_t* bar, int issuer, int issuers) {
+                                                 int count, int per_copy, const unsigned* flags, unsigned want,
+                                                 int cluster, uint64_t* bar, int issuer, int issuers) {
   const int lane = int(threadIdx.x % 32);
   if (issuer < 0) return;
   if (issuer == 0 && lane == 0) mbar_arm(bar, unsigned(count) * bytes);
   const int range = count / cluster, first = int(cluster_rank()) * range, mask = (1 << cluster) - 1;
   for (int c = issuer; c * per_copy < range; c += issuers) {
     const int i = first + c * per_copy;
-    if (lane < per_copy) poll_flags<32>(flags, i + lane + 1, want, i + lane, 1, flag_spacing);
+    if (lane < per_copy) poll_flags<32>(flags, i + lane + 1, want, i + lane, 1);
     __syncwarp();  // every flag of the copy is seen (the lanes' acquires precede lane 0's copy)
     if (lane == 0) {
       fence_proxy_async_global();  // the blocks were written and acquired through the generic proxy

@@ -132,7 +132,7 @@ __global__ void __launch_bounds__(multi::kThreads + (kProducer ? 32 : 0), kProdu
   // cost ~1000 cycles per chunk.)
   multi::RingCursor put{plan.slots}, take{plan.slots};
 
-  unsigned* group_flags = flags + (n * plan.groups + group) * plan.slices * multi::kFlagSpacing;
+  unsigned* group_flags = multi::flag_at(flags, (n * plan.groups + group) * plan.slices);
   const int prow = tid / 4, pair = tid % 4;
   const int64_t pb = b0 + prow, unit = u0 + 2 * pair;
   const bool pw = prow < valid_rows;
@@ -167,8 +167,8 @@ __global__ void __launch_bounds__(multi::kThreads + (kProducer ? 32 : 0), kProdu
       }
       used |= 1u << put.slot;
       multi::multicast_ranges(dst, from, unsigned(block_bytes), blocks, plan.copy_blocks,
-                              group_flags + j * blocks * multi::kFlagSpacing, multi::kFlagSpacing,
-                              unsigned(steps - s + 1), plan.cluster, &full[put.slot], warp == warp_issuing ? 0 : -1, 1);
+                              multi::flag_at(group_flags, j * blocks), unsigned(steps - s + 1), plan.cluster,
+                              &full[put.slot], warp == warp_issuing ? 0 : -1, 1);
     } else {
       multi::copy_to_shared(dst, from, blocks * block_bytes);
     }
@@ -182,8 +182,7 @@ __global__ void __launch_bounds__(multi::kThreads + (kProducer ? 32 : 0), kProdu
     return;
   }
   auto recurrent = [&](int64_t s, float (&rec)[2]) {
-    if (!multicast)  // every CTA's dg_s is visible
-      multi::wait_for_flags(group_flags, plan.slices, unsigned(steps - s + 1), multi::kFlagSpacing);
+    if (!multicast) multi::wait_for_flags(group_flags, plan.slices, unsigned(steps - s + 1));  // every CTA's dg_s is visible
     const int mt = warp % mt_count, kg = warp / mt_count;
     if (!producer)
       for (int j = 0; j < ahead; ++j) stage_chunk(s, j);
@@ -274,7 +273,7 @@ __global__ void __launch_bounds__(multi::kThreads + (kProducer ? 32 : 0), kProdu
       }
     }
     if (!p.recurrent_cut)  // dg_t is out
-      multi::release_flag(group_flags + blockIdx.x * multi::kFlagSpacing, unsigned(steps - t + 1), consumers);
+      multi::release_flag(multi::flag_at(group_flags, blockIdx.x), unsigned(steps - t + 1), consumers);
   }
 
   // dL/ds_0 = what reaches the initial states: carried paths + the gradient on states[:, 0].

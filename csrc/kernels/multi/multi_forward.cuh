@@ -98,11 +98,10 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
   if (in_ranges) cluster_arrive_relaxed();  // hs is free (the first step's cluster_wait below)
 
   // The exchange: h_t of this (head, group) at region(t), all its blocks in slice order; then one
-  // progress flag per CTA [head][group][slice], a line each (kFlagSpacing words apart).
+  // progress flag per CTA [head][group][slice], a line each (multi::flag_at).
   unsigned char* xdata = reinterpret_cast<unsigned char*>(p.workspace);
-  unsigned* group_flags = reinterpret_cast<unsigned*>(p.workspace) +
-                          multi::exchange_words(B, N, D, sizeof(T)) +
-                          (n * plan.groups + group) * plan.slices * multi::kFlagSpacing;
+  unsigned* flags = reinterpret_cast<unsigned*>(p.workspace) + multi::exchange_words(B, N, D, sizeof(T));
+  unsigned* group_flags = multi::flag_at(flags, (n * plan.groups + group) * plan.slices);
   const int region_bytes = plan.slices * block_bytes;
   auto region = [&](int64_t t) {
     return xdata + (((t & 1) * N + n) * plan.padded_batch() + b0) * D * int64_t(sizeof(T));
@@ -130,7 +129,7 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
 #pragma unroll
       for (int i = 0; i < multi::kWordsPerPair<T>; ++i) dst[i] = w[i];
     }
-    multi::release_flag(group_flags + blockIdx.x * multi::kFlagSpacing, unsigned(t + 1));
+    multi::release_flag(multi::flag_at(group_flags, blockIdx.x), unsigned(t + 1));
   };
   if (pw && steps > 0) cell.load_wx(0);
   if (steps > 0) publish(0);
@@ -149,9 +148,9 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
     if (in_ranges) {  // each copy once its blocks' flags show them, after the cluster is done with hs
       cluster_wait();
       multi::multicast_ranges(hs, region(t - 1), unsigned(block_bytes), plan.slices, plan.copy_blocks, group_flags,
-                              multi::kFlagSpacing, unsigned(t), plan.cluster, &staged, issuer, issuers);
+                              unsigned(t), plan.cluster, &staged, issuer, issuers);
     } else {  // once every CTA of this (head, group) has published h_{t-1} (acquire polls)
-      multi::wait_for_flags(group_flags, plan.slices, unsigned(t), multi::kFlagSpacing);
+      multi::wait_for_flags(group_flags, plan.slices, unsigned(t));
       if (multicast)  // every CTA of the cluster has published h_{t-1}: none still reads hs
         multi::multicast_shares(hs, region(t - 1), region_bytes, plan.cluster, &staged, multi::kWarps - 1);
       else

@@ -74,7 +74,7 @@ __device__ void weight_grad_alongside(const BackwardParams& p, int gates_r, int 
     const int len = t_hi - t_lo, chunks = (len * batch + kChunk - 1) / kChunk;
     const int adv_t = kChunk % len, adv_b = kChunk / len;  // a walk's step: one chunk
     // One warp polls, every microsecond (the recurrent CTAs poll the same lines every step).
-    multi::wait_for_flags<32, 1000>(flags, count, unsigned(steps - t_lo), multi::kFlagSpacing);
+    multi::wait_for_flags<32, 1000>(flags, count, unsigned(steps - t_lo));
     for (int64_t tile = worker; tile < tiles; tile += workers) {
       const int64_t n = tile / (m_tiles * n_tiles), mj = tile % (m_tiles * n_tiles);
       const int64_t m0 = mj / n_tiles * kTileM, j0 = mj % n_tiles * kTileN;

@@ -12,6 +12,7 @@ FLASHRNN_MULTICAST=8 / 0 run clusters of 8 / per-CTA copies (sm_80/86's path).
 from __future__ import annotations
 
 import os
+import re
 import warnings
 
 import pytest
@@ -300,6 +301,33 @@ def test_multi_cta_waves_match_float64(case, function, monkeypatch):
     again = run_with_grads(function, "cuda_fused", inputs, weights)
     for a, b in zip([first[0], *first[2]], [again[0], *again[2]]):
         assert (a is None and b is None) or torch.equal(a, b), "results differ between two runs"
+
+
+@pytest.mark.parametrize("function", list(CELLS))
+@pytest.mark.parametrize("case", [(16, 33, 1, 768, "bfloat16"), (5, 7, 2, 1024, "float16"), (40, 9, 1, 512, "bfloat16")],
+                         ids=lambda c: "B{}-T{}-N{}-D{}-{}".format(*c))
+def test_multi_cta_tagged_exchange_matches_the_flags_bitwise(case, function, monkeypatch):
+    # On sm_90 the L2 variant's 16-bit forward exchanges h in tagged words (each word of h beside
+    # the step that wrote it, polled directly; cooperative.cuh), FLASHRNN_TAGGED=0 with progress
+    # flags. The same products in the same order: the same bits, outputs and gradients. B = 5 and
+    # 40 leave rows of the batch tile that are never written (their tags stay 0).
+    if torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("the tagged exchange needs clusters (sm_90)")
+    monkeypatch.setenv("FLASHRNN_MULTI_L2", "1")
+    monkeypatch.setenv("FLASHRNN_WIDE", "0")
+    B, T, N, D, dtype = case
+    assert_multi(function, DTYPES[dtype], B, N, D)
+    inputs, _, _, weights = float64_reference(function, B, T, N, D, DTYPES[dtype], "random", 23)
+    results = {}
+    for tagged in ("1", "0"):
+        monkeypatch.setenv("FLASHRNN_TAGGED", tagged)
+        names = cuda_kernel_names(lambda: results.setdefault(tagged, run_with_grads(function, "cuda_fused", inputs,
+                                                                                      weights)))
+        kinds = set(re.findall(r"multi_forward_kernel<[^>]*, (true|false)>", names))
+        assert kinds == {"true" if tagged == "1" else "false"}, names
+    (out1, last1, grads1), (out0, last0, grads0) = results["1"], results["0"]
+    for a, b in zip([out1, last1, *grads1], [out0, last0, *grads0]):
+        assert (a is None and b is None) or torch.equal(a, b), "the tagged exchange changed the results"
 
 
 def test_multi_cta_wide_kernels_run_heads_the_l2_variant_runs_in_waves(monkeypatch):

@@ -251,6 +251,11 @@ __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t row_addre
 
 // Two 8x8 matrices (lanes 0-15 give the row addresses): the B fragment of one k16 (bf16/fp16)
 // or k8 (fp32) slice of 8 rows x 32 bytes, as the first half of ldmatrix_x4 would.
+__device__ __forceinline__ uint32_t ld_shared_u32(uint32_t address) {
+  uint32_t v;
+  asm volatile("ld.shared.b32 %0, [%1];" : "=r"(v) : "r"(address));
+  return v;
+}
 __device__ __forceinline__ void ldmatrix_x2(uint32_t (&r)[2], uint32_t row_address) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];"
                : "=r"(r[0]), "=r"(r[1])
@@ -300,6 +305,18 @@ __device__ __forceinline__ unsigned ld_acquire_gpu(const unsigned* p) {
 }
 __device__ __forceinline__ void st_release_gpu(unsigned* p, unsigned v) {
   asm volatile("st.release.gpu.global.b32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
+}
+// Tagged words (the 16-bit forward's exchange, multi::store_tagged): one 8-byte store, seen whole
+// (a 64-bit scalar access is single-copy atomic; two 32-bit halves of a vector would not be).
+__device__ __forceinline__ void st_relaxed_gpu_b64(void* p, uint32_t lo, uint32_t hi) {
+  const unsigned long long w = (unsigned long long)hi << 32 | lo;
+  asm volatile("st.relaxed.gpu.global.b64 [%0], %1;" ::"l"(p), "l"(w) : "memory");
+}
+// 16 bytes as two 8-byte words, each seen whole (elements of a vector access are accessed one by one).
+__device__ __forceinline__ uint4 ld_relaxed_gpu_2x64(const void* p) {
+  unsigned long long a, b;
+  asm volatile("ld.relaxed.gpu.global.v2.b64 {%0, %1}, [%2];" : "=l"(a), "=l"(b) : "l"(p) : "memory");
+  return make_uint4(uint32_t(a), uint32_t(a >> 32), uint32_t(b), uint32_t(b >> 32));
 }
 
 // ---- thread-block clusters (sm_90; the cluster kernels only run there) ----------------------

@@ -141,6 +141,74 @@ __device__ __forceinline__ void multicast_ranges(unsigned char* dst, const unsig
   }
 }
 
+// The tagged exchange (the 16-bit forward on sm_90, multi_forward.cuh): each 32-bit word of h (a
+// unit pair of one row) travels in an 8-byte word beside its tag, the step count that publishes
+// it, so that a reader that sees the tag sees the data: no release, no progress flag. A block's row
+// is 4 such words (32 bytes); in rows whose bit 2 is set the tag is the low half and the data the
+// high one, so that the A fragments' 32-bit loads of rows g and g + 4 hit different banks.
+__device__ __forceinline__ int tag_swapped(int row) { return (row >> 2) & 1; }
+__device__ __forceinline__ void store_tagged(void* word, uint32_t data, unsigned tag, int row) {
+  if (tag_swapped(row)) st_relaxed_gpu_b64(word, tag, data);
+  else st_relaxed_gpu_b64(word, data, tag);
+}
+
+// 16-byte pieces of tagged words a warp polls together: a range's piece of blocks is at most
+// kTagChunks * 32 of them (1 KB; multi_forward.cuh's copy_blocks).
+constexpr int kTagChunks = 2;
+constexpr int kTagPieceBytes = kTagChunks * 32 * 16;
+
+// Polls the tagged words of `bytes` (blocks of `block_bytes`, rows of 32 bytes) at src until every
+// one of the first valid_rows rows of each block carries `want` (the rows past the batch are never
+// written: zeros). Lane l polls 16-byte pieces l, l + 32, ..., all of them in flight together, then
+// only those not yet seen. Called by a whole warp.
+__device__ __forceinline__ void wait_for_tags(const unsigned char* src, int bytes, int block_bytes, unsigned want,
+                                              int valid_rows, int sleep_ns) {
+  const int lane = int(threadIdx.x % 32);
+  if (bytes > kTagPieceBytes) __trap();
+  auto row_of = [&](int m) { return (lane + 32 * m) * 16 % block_bytes / 32; };
+  unsigned pending = 0;
+#pragma unroll
+  for (int m = 0; m < kTagChunks; ++m)
+    if ((lane + 32 * m) * 16 < bytes && row_of(m) < valid_rows) pending |= 1u << m;
+  for (long long polls = 0; pending != 0; ++polls) {
+    uint4 v[kTagChunks];
+#pragma unroll
+    for (int m = 0; m < kTagChunks; ++m)
+      if (pending >> m & 1u) v[m] = ld_relaxed_gpu_2x64(src + (lane + 32 * m) * 16);
+#pragma unroll
+    for (int m = 0; m < kTagChunks; ++m) {
+      const bool swapped = tag_swapped(row_of(m));
+      if ((pending >> m & 1u) && (swapped ? v[m].x : v[m].y) == want && (swapped ? v[m].z : v[m].w) == want)
+        pending &= ~(1u << m);
+    }
+    if (polls > kMaxPolls) __trap();
+    if (pending != 0 && sleep_ns > 0) __nanosleep(unsigned(sleep_ns));
+  }
+}
+
+// multicast_ranges for the tagged exchange: the same ranges and copies (`bytes` per block, tagged),
+// each issued once its blocks' words carry `want` (wait_for_tags: a copy of at most kTagPieceBytes).
+// The bulk copy reads the words the polls saw (no older values: the same locations, after the
+// proxy fence).
+__device__ __forceinline__ void tagged_ranges(unsigned char* dst, const unsigned char* src, unsigned bytes, int count,
+                                              int per_copy, unsigned want, int valid_rows, int cluster, uint64_t* bar,
+                                              int issuer, int issuers, int sleep_ns) {
+  const int lane = int(threadIdx.x % 32);
+  if (issuer < 0) return;
+  if (issuer == 0 && lane == 0) mbar_arm(bar, unsigned(count) * bytes);
+  const int range = count / cluster, first = int(cluster_rank()) * range, mask = (1 << cluster) - 1;
+  for (int c = issuer; c * per_copy < range; c += issuers) {
+    const int i = first + c * per_copy;
+    wait_for_tags(src + int64_t(i) * bytes, per_copy * int(bytes), int(bytes), want, valid_rows, sleep_ns);
+    __syncwarp();
+    if (lane == 0) {
+      fence_proxy_async_global();
+      bulk_copy_multicast(smem_addr(dst + i * int(bytes)), src + int64_t(i) * bytes, unsigned(per_copy) * bytes,
+                          smem_addr(bar), uint16_t(mask));
+    }
+  }
+}
+
 // Sets up the multicast staging's mbarriers (plan.cluster > 1) and meets the cluster: no peer
 // copies into this CTA or arrives on it before its barriers exist. full[s] counts the bytes landing
 // in buffer s (one local arrival, the arm); the backward's ring (multi_backward.cuh) also has

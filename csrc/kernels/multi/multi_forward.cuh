@@ -41,7 +41,10 @@
 
 namespace flashrnn {
 
-template <class Cell, class T>
+// kTagged (16-bit, clusters with copies in ranges, plan.tagged): h travels in tagged words
+// (cooperative.cuh store_tagged), so the pointwise threads publish with plain stores, no barrier,
+// release or flag, and the issuers poll the words themselves before their copies.
+template <class Cell, class T, bool kTagged = false>
 __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
     multi_forward_kernel(const ForwardParams p, const multi::Plan plan) {
   static_assert(cells::Cell<Cell>, "see cells/elman.cuh for what a cell must define");
@@ -49,7 +52,8 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
   using Math = MathFor<T>;
   constexpr int kGr = Cell::kGatesR;
   constexpr int kRed = multi::red_stride(kGr);
-  constexpr int kUnitBytes = multi::kUnits * int(sizeof(T));  // a block's row (8 units)
+  static_assert(!kTagged || sizeof(T) == 2, "tagged words carry a pair of 16-bit units");
+  constexpr int kUnitBytes = multi::kUnits * int(sizeof(T)) * (kTagged ? 2 : 1);  // a block's row (8 units)
 
   extern __shared__ __align__(128) unsigned char smem[];
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, q = lane % 4;
@@ -94,6 +98,7 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
   __syncthreads();
   __shared__ uint64_t staged;  // multicast staging: h_{t-1}'s blocks have arrived
   const bool multicast = plan.cluster > 1, in_ranges = multicast && plan.copy_blocks > 0;
+  if (kTagged && !in_ranges) __trap();  // (the host launches it only with copies in ranges)
   if (multicast) multi::start_multicast(&staged);
   if (in_ranges) cluster_arrive_relaxed();  // hs is free (the first step's cluster_wait below)
 
@@ -104,7 +109,7 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
   unsigned* group_flags = multi::flag_at(flags, (n * plan.groups + group) * plan.slices);
   const int region_bytes = plan.slices * block_bytes;
   auto region = [&](int64_t t) {
-    return xdata + (((t & 1) * N + n) * plan.padded_batch() + b0) * D * int64_t(sizeof(T));
+    return xdata + (((t & 1) * N + n) * plan.padded_batch() + b0) * D * int64_t(kUnitBytes / multi::kUnits);
   };
 
   // Pointwise threads: 4 per batch row, each owning units u0 + 2 * pair and + 1.
@@ -115,13 +120,22 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
   // This thread's two units in its CTA's block of region(t).
   auto h_slot = [&](int64_t t) {
     return reinterpret_cast<uint32_t*>(region(t) + int(blockIdx.x) * block_bytes + prow * kUnitBytes +
-                                       2 * pair * int(sizeof(T)));
+                                       2 * pair * (kUnitBytes / multi::kUnits));
   };
-  if (!pw && prow < rows)  // the block's rows past the batch are zeros (whole blocks are staged)
+  // The block's rows past the batch are zeros (whole blocks are staged; tagged: the host zeroed them).
+  if (!kTagged && !pw && prow < rows)
     for (int par = 0; par < 2; ++par)
 #pragma unroll
       for (int i = 0; i < multi::kWordsPerPair<T>; ++i) h_slot(par)[i] = 0u;
   auto publish = [&](int64_t t) {  // h_t into parity t % 2 (pointwise threads), then the flag t + 1
+    if constexpr (kTagged) {  // (tag t + 1: the flag's value)
+      if (pw) {
+        uint32_t w[1];
+        cell.h_words(w);
+        multi::store_tagged(h_slot(t), w[0], unsigned(t + 1), prow);
+      }
+      return;
+    }
     if (pw) {
       uint32_t w[multi::kWordsPerPair<T>];
       cell.h_words(w);
@@ -135,6 +149,20 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
   if (steps > 0) publish(0);
 
   const uint32_t a_src = multi::block_a_address(hs, rows, mt * 16, kUnitBytes);
+  // Tagged: this lane's A words (m16n8k16: rows g and g + 8, units 2q, 2q + 1 of a k-step's two
+  // blocks) are 32-bit loads from the data halves of the tagged words.
+  const uint32_t a_tagged = smem_addr(hs + ((mt * 16 + g) * 4 + q) * 8 + 4 * multi::tag_swapped(g));
+  auto load_a_at = [&](int ks, uint32_t (&a)[4]) {  // the A fragment of k-step ks
+    if constexpr (kTagged) {
+      const uint32_t w = a_tagged + ks * 2 * block_bytes;
+      a[0] = ld_shared_u32(w);
+      a[1] = ld_shared_u32(w + 8 * kUnitBytes);
+      a[2] = ld_shared_u32(w + block_bytes);
+      a[3] = ld_shared_u32(w + block_bytes + 8 * kUnitBytes);
+    } else {
+      ldmatrix_x4(a, a_src + ks * 32 * rows);
+    }
+  };
   // Multicast in ranges: the issuing warps are those without pointwise rows (their releases and
   // acquires would wait for the Wx loads in flight), all where every warp has some.
   const int pointwise_warps = (rows * 4 + 31) / 32;
@@ -147,8 +175,12 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
     // after every CTA has published h_t, i.e. after every CTA has staged h_{t-1}.
     if (in_ranges) {  // each copy once its blocks' flags show them, after the cluster is done with hs
       cluster_wait();
-      multi::multicast_ranges(hs, region(t - 1), unsigned(block_bytes), plan.slices, plan.copy_blocks, group_flags,
-                              unsigned(t), plan.cluster, &staged, issuer, issuers);
+      if constexpr (kTagged)
+        multi::tagged_ranges(hs, region(t - 1), unsigned(block_bytes), plan.slices, plan.copy_blocks, unsigned(t),
+                             valid_rows, plan.cluster, &staged, issuer, issuers, plan.tag_sleep);
+      else
+        multi::multicast_ranges(hs, region(t - 1), unsigned(block_bytes), plan.slices, plan.copy_blocks,
+                                group_flags, unsigned(t), plan.cluster, &staged, issuer, issuers);
     } else {  // once every CTA of this (head, group) has published h_{t-1} (acquire polls)
       multi::wait_for_flags(group_flags, plan.slices, unsigned(t));
       if (multicast)  // every CTA of the cluster has published h_{t-1}: none still reads hs
@@ -167,7 +199,7 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
     {
       auto load_a = [&](int i, uint32_t (&a)[4]) {  // (a k-step past the head reads k-step kg, unused)
         const int ks = kg + i * k_groups;
-        ldmatrix_x4(a, a_src + (ks < plan.reg_ksteps ? ks : kg) * 32 * rows);
+        load_a_at(ks < plan.reg_ksteps ? ks : kg, a);
       };
       uint32_t a[2][4];
       load_a(0, a[0]);
@@ -183,7 +215,7 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
     int ks = kg + kRegSteps * k_groups;
     for (; ks < resident_end; ks += k_groups) {
       uint32_t a[4];
-      ldmatrix_x4(a, a_src + ks * 32 * rows);
+      load_a_at(ks, a);
 #pragma unroll
       for (int k = 0; k < kGr; ++k) {
         const uint2 v = rs[((ks - plan.reg_ksteps) * kGr + k) * 32 + lane];
@@ -193,7 +225,7 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
     }
     for (; ks < ksteps; ks += k_groups) {
       uint32_t a[4];
-      ldmatrix_x4(a, a_src + ks * 32 * rows);
+      load_a_at(ks, a);
 #pragma unroll
       for (int k = 0; k < kGr; ++k) {
         uint32_t f[2];
@@ -242,9 +274,16 @@ void launch_multi_forward(const ForwardParams& p, const DeviceLimits& device, cu
       cluster::launch_clusters(cluster_forward_kernel<Cell, T>, cplan, device, stream, "cluster_forward_kernel", p,
                                cplan))
     return;
-  multi::Plan plan;
-  const char* why = multi::make_plan(plan, false, Cell::kGatesR, sizeof(T), p.batch, p.heads, p.head_dim,
-                                     device.smem_per_block, device.smem_per_sm, device.sm_count);
+  // The tagged exchange where it can run (16-bit on sm_90: it needs clusters), else the flags'.
+  auto plan_for = [&](multi::Plan& plan, bool tagged) {
+    return multi::make_plan(plan, false, Cell::kGatesR, sizeof(T), p.batch, p.heads, p.head_dim, device.smem_per_block,
+                            device.smem_per_sm, device.sm_count, false, tagged);
+  };
+  // (tagged only where its larger stage costs no extra wave: a 1536 x 2 B = 64 head ran 8 waves of launches, not 4)
+  multi::Plan plan, tagged_plan;
+  const char* why = plan_for(plan, false);
+  const bool tagged = sizeof(T) == 2 && device.cc_major >= 9 && !multi::turned_off("FLASHRNN_TAGGED") &&
+                      why == nullptr && plan_for(tagged_plan, true) == nullptr && tagged_plan.waves() == plan.waves();
   if constexpr (sizeof(T) == 2) {
     if (cluster::wide_takes(cplan, false, Cell::kGatesR, sizeof(T), p.batch, p.heads, p.head_dim,
                             device.smem_per_block, why == nullptr ? &plan : nullptr, device.sm_count) &&
@@ -253,13 +292,28 @@ void launch_multi_forward(const ForwardParams& p, const DeviceLimits& device, cu
       return;
   }
   FLASHRNN_CHECK(why == nullptr, "multi-CTA forward: " << why);
+  const char* name = "multi_forward_kernel";
+  const int wanted = multi::copy_wanted("FLASHRNN_FORWARD_COPY", plan.slices);
+  if constexpr (sizeof(T) == 2) {
+    if (tagged) {  // copies of at most kTagPieceBytes (a warp polls their words together)
+      tagged_plan = multi::launch_plan(multi_forward_kernel<Cell, T, true>, tagged_plan, device, name);
+      const int piece = multi::kTagPieceBytes / (tagged_plan.rows() * multi::kUnits * 4);
+      tagged_plan.copy_blocks = multi::copy_blocks(plan.slices, tagged_plan.cluster, wanted < piece ? wanted : piece);
+      tagged_plan.tag_sleep = multi::copy_wanted("FLASHRNN_TAG_SLEEP", 0);
+      if (tagged_plan.copy_blocks > 0) {  // (else no clusters came: the flags' exchange)
+        FLASHRNN_CUDA_CHECK(cudaMemsetAsync(  // no tag before the kernel's own (and the rows past the batch zero)
+            p.workspace, 0, sizeof(unsigned) * multi::exchange_words(p.batch, p.heads, p.head_dim, sizeof(T)), stream));
+        multi::launch_cooperative(multi_forward_kernel<Cell, T, true>, tagged_plan, stream, name, p);
+        return;
+      }
+    }
+  }
   FLASHRNN_CUDA_CHECK(cudaMemsetAsync(  // the progress flags (the h rows are written before they are read)
       p.workspace + multi::exchange_words(p.batch, p.heads, p.head_dim, sizeof(T)), 0,
       sizeof(unsigned) * multi::flag_words(p.batch, p.heads, p.head_dim), stream));
-  const char* name = "multi_forward_kernel";
   plan = multi::launch_plan(multi_forward_kernel<Cell, T>, plan, device, name);
   plan.copy_blocks =  // the CTA's whole range in one copy, as a rule (perf-log.md, seventeenth session)
-      multi::copy_blocks(plan.slices, plan.cluster, multi::copy_wanted("FLASHRNN_FORWARD_COPY", plan.slices));
+      multi::copy_blocks(plan.slices, plan.cluster, wanted);
   multi::launch_cooperative(multi_forward_kernel<Cell, T>, plan, stream, name, p);
 }
 

@@ -62,6 +62,8 @@ struct Plan {
   int dr_columns = 0;        // those CTAs, as grid columns beyond the slices (launch_plan sets it)
   bool producer = false;     // backward: a ninth warp stages the chunks (one CTA per SM, multi_backward.cuh)
   int copy_blocks = 0;       // multicast: blocks per bulk copy (copy_blocks(); forward 0: after every flag)
+  bool tagged = false;       // forward, 16-bit: h travels in tagged words (cooperative.cuh), twice its bytes
+  int tag_sleep = 0;         // EXPERIMENT: ns between polls of tagged words
 
   constexpr int rows() const { return 16 * mt; }
   constexpr int threads() const { return kThreads + (producer ? 32 : 0); }
@@ -124,7 +126,7 @@ constexpr void stage_chunks(Plan& p, int gates_r, int esize, int room, int cap, 
 
 // make_plan's shared-memory layout for a launch of plan.ctas CTAs (its m-tiles, slices and waves chosen).
 constexpr const char* fill_memory(Plan& p, bool backward, int gates_r, int esize, long long head_dim,
-                                  int smem_per_block, int smem_per_sm, int sm_count, bool ring) {
+                                  int smem_per_block, int smem_per_sm, int sm_count, bool ring, bool tagged) {
   const long long k_per_step = esize == 4 ? 8 : 16;
   const long long ksteps = (backward ? gates_r : 1) * head_dim / k_per_step;
   const int tiles = backward ? 1 : gates_r;
@@ -139,7 +141,7 @@ constexpr const char* fill_memory(Plan& p, bool backward, int gates_r, int esize
   } else {
     p.chunk_k = int(head_dim);
     p.chunks = p.slots = 1;
-    p.a_row = int(head_dim) * esize;  // (in blocks of 8 units: no padding against bank conflicts)
+    p.a_row = int(head_dim) * esize * (tagged ? 2 : 1);  // (in blocks of 8 units: no padding against bank conflicts)
   }
   p.red_offset = p.slots * p.rows() * p.a_row;
   p.r_offset = p.red_offset + red_bytes;
@@ -156,12 +158,13 @@ constexpr const char* fill_memory(Plan& p, bool backward, int gates_r, int esize
 
 // Fills `plan` for a forward (backward = false) or backward pass; returns nullptr, or why the shape
 // cannot run in this family on this device. `ring`: the backward may stage through a ring of
-// buffers (stage_chunks). esize: bytes per element; n-tiles per k-step: the
+// buffers (stage_chunks); `tagged`: the forward's h in tagged words (16-bit). esize: bytes per element; n-tiles per k-step: the
 // forward multiplies h by every recurrent gate's slice (gates_r tiles), the backward multiplies dg
 // by R^T restricted to the CTA's units (one tile).
 constexpr const char* make_plan(Plan& p, bool backward, int gates_r, int esize, long long batch, long long heads,
                                 long long head_dim, int smem_per_block, int smem_per_sm, int sm_count,
-                                bool ring = false) {
+                                bool ring = false, bool tagged = false) {
+  p.tagged = tagged && !backward && esize == 2;
   if (head_dim % 16 != 0 || head_dim < 16) return "the head dim is not a multiple of 16";
   if (batch < 1 || heads < 1 || sm_count < 1) return "there is no batch row or no head to run";
   // Rows of the operand stage: one gate's worth must fit for 16 rows.
@@ -182,7 +185,7 @@ constexpr const char* make_plan(Plan& p, bool backward, int gates_r, int esize, 
       p.wave_groups = int(pairs < p.groups ? pairs : p.groups);
       p.wave_heads = p.wave_groups < p.groups ? 1 : int(pairs / p.groups < heads ? pairs / p.groups : heads);
       p.ctas = (long long)p.slices * p.wave_groups * p.wave_heads;
-      why = fill_memory(p, backward, gates_r, esize, head_dim, smem_per_block, smem_per_sm, sm_count, ring);
+      why = fill_memory(p, backward, gates_r, esize, head_dim, smem_per_block, smem_per_sm, sm_count, ring, p.tagged);
       if (why == nullptr) return nullptr;
     }
   }
@@ -200,10 +203,10 @@ constexpr int multicast_cluster(int blocks, int largest) {
 
 // Forward scratch: the h exchange, [2 parities][heads][batch group][slice][rows][8 units] (the
 // flags follow: flag_words()) in 32-bit words, for any m-tiles make_plan picks (the batch padded to
-// 64 rows).
+// 64 rows); in 16-bit room for the tagged words (twice the bytes).
 constexpr long long exchange_words(long long batch, long long heads, long long head_dim, int esize) {
   const long long padded = (batch + 63) / 64 * 64;
-  return 2 * heads * padded * (head_dim * esize / 4);
+  return 2 * heads * padded * (head_dim * esize / 4) * (esize == 2 ? 2 : 1);
 }
 
 // The multicast staging of `count` blocks (the forward's h_{t-1}: every slice's; the backward's
@@ -224,7 +227,8 @@ constexpr int copy_blocks(int count, int cluster, int wanted) {
 // The backward's dg exchange (multi_backward.cuh): [2 parities][heads][padded batch][Gr * D]
 // elements in blocks, after the progress flags, 16-byte aligned (4 words of slack).
 constexpr long long dg_exchange_words(long long batch, long long heads, long long head_dim, int gates_r, int esize) {
-  return exchange_words(batch, heads, gates_r * head_dim, esize) + 4;
+  const long long padded = (batch + 63) / 64 * 64;
+  return 2 * heads * padded * (gates_r * head_dim * esize / 4) + 4;
 }
 
 // Progress flags (forward and backward): one 32-bit counter per CTA [head][batch group][slice],

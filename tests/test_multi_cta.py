@@ -304,13 +304,14 @@ def test_multi_cta_waves_match_float64(case, function, monkeypatch):
 
 
 @pytest.mark.parametrize("function", list(CELLS))
-@pytest.mark.parametrize("case", [(16, 33, 1, 768, "bfloat16"), (5, 7, 2, 1024, "float16"), (40, 9, 1, 512, "bfloat16")],
+@pytest.mark.parametrize("case", [(16, 33, 1, 768, "bfloat16"), (5, 7, 2, 1024, "float16"), (20, 9, 1, 512, "bfloat16")],
                          ids=lambda c: "B{}-T{}-N{}-D{}-{}".format(*c))
 def test_multi_cta_tagged_exchange_matches_the_flags_bitwise(case, function, monkeypatch):
     # On sm_90 the L2 variant's 16-bit forward exchanges h in tagged words (each word of h beside
-    # the step that wrote it, polled directly; cooperative.cuh), FLASHRNN_TAGGED=0 with progress
-    # flags. The same products in the same order: the same bits, outputs and gradients. B = 5 and
-    # 40 leave rows of the batch tile that are never written (their tags stay 0).
+    # the step that wrote it, polled directly; cooperative.cuh) up to 768 units as a rule, with
+    # FLASHRNN_TAGGED=1 wherever it can (1024 here), FLASHRNN_TAGGED=0 with progress flags. The same
+    # products in the same order: the same bits, outputs and gradients. B = 5 and 20 leave rows of
+    # the batch tile (16 and 32 rows) that are never written (their tags stay 0).
     if torch.cuda.get_device_capability()[0] < 9:
         pytest.skip("the tagged exchange needs clusters (sm_90)")
     monkeypatch.setenv("FLASHRNN_MULTI_L2", "1")

@@ -162,7 +162,7 @@ constexpr int kTagPieceBytes = kTagChunks * 32 * 16;
 // written: zeros). Lane l polls 16-byte pieces l, l + 32, ..., all of them in flight together, then
 // only those not yet seen. Called by a whole warp.
 __device__ __forceinline__ void wait_for_tags(const unsigned char* src, int bytes, int block_bytes, unsigned want,
-                                              int valid_rows, int sleep_ns) {
+                                              int valid_rows) {
   const int lane = int(threadIdx.x % 32);
   if (bytes > kTagPieceBytes) __trap();
   auto row_of = [&](int m) { return (lane + 32 * m) * 16 % block_bytes / 32; };
@@ -181,8 +181,7 @@ __device__ __forceinline__ void wait_for_tags(const unsigned char* src, int byte
       if ((pending >> m & 1u) && (swapped ? v[m].x : v[m].y) == want && (swapped ? v[m].z : v[m].w) == want)
         pending &= ~(1u << m);
     }
-    if (polls > kMaxPolls) __trap();
-    if (pending != 0 && sleep_ns > 0) __nanosleep(unsigned(sleep_ns));
+    if (polls > kMaxPolls) __trap();  // (a sleep between polls measured slower: 100 ns 768 x 1 +0-4%, 400 ns +3-10%)
   }
 }
 
@@ -192,14 +191,14 @@ __device__ __forceinline__ void wait_for_tags(const unsigned char* src, int byte
 // proxy fence).
 __device__ __forceinline__ void tagged_ranges(unsigned char* dst, const unsigned char* src, unsigned bytes, int count,
                                               int per_copy, unsigned want, int valid_rows, int cluster, uint64_t* bar,
-                                              int issuer, int issuers, int sleep_ns) {
+                                              int issuer, int issuers) {
   const int lane = int(threadIdx.x % 32);
   if (issuer < 0) return;
   if (issuer == 0 && lane == 0) mbar_arm(bar, unsigned(count) * bytes);
   const int range = count / cluster, first = int(cluster_rank()) * range, mask = (1 << cluster) - 1;
   for (int c = issuer; c * per_copy < range; c += issuers) {
     const int i = first + c * per_copy;
-    wait_for_tags(src + int64_t(i) * bytes, per_copy * int(bytes), int(bytes), want, valid_rows, sleep_ns);
+    wait_for_tags(src + int64_t(i) * bytes, per_copy * int(bytes), int(bytes), want, valid_rows);
     __syncwarp();
     if (lane == 0) {
       fence_proxy_async_global();

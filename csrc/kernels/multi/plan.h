@@ -63,7 +63,6 @@ struct Plan {
   bool producer = false;     // backward: a ninth warp stages the chunks (one CTA per SM, multi_backward.cuh)
   int copy_blocks = 0;       // multicast: blocks per bulk copy (copy_blocks(); forward 0: after every flag)
   bool tagged = false;       // forward, 16-bit: h travels in tagged words (cooperative.cuh), twice its bytes
-  int tag_sleep = 0;         // EXPERIMENT: ns between polls of tagged words
 
   constexpr int rows() const { return 16 * mt; }
   constexpr int threads() const { return kThreads + (producer ? 32 : 0); }

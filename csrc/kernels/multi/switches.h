@@ -29,6 +29,13 @@ inline bool env_is(const char* name, const char* value) {
 // backward's producer warp, multi_backward.cuh). Tests and benchmarks compare both ways on one card.
 inline bool turned_off(const char* name) { return env_is(name, "0"); }
 
+// The 16-bit forward's tagged exchange (multi_forward.cuh) for a head of `slices` CTAs where it can
+// run: as a rule up to 96 (768 units; on the H100 768 x 1 bf16 B = 16 2.33 -> 2.04 ms, but 1024 x 1
+// 2.79 -> 3.16: perf-log.md, twentieth session); FLASHRNN_TAGGED=1 everywhere it can, =0 nowhere.
+inline bool tagged_wanted(int slices) {
+  return env_is("FLASHRNN_TAGGED", "1") || (!turned_off("FLASHRNN_TAGGED") && slices <= 96);
+}
+
 // FLASHRNN_MULTI_BACKWARD=1: the L2 variant's backward wherever it runs, also where the alternating
 // kernels are chosen as faster (fused_family, launch/core.cpp; tests and benchmarks compare both on
 // one card).

@@ -113,34 +113,6 @@ __device__ __forceinline__ unsigned char* dg_exchange(unsigned* flags, long long
   return reinterpret_cast<unsigned char*>((end + 15) & ~uintptr_t(15));
 }
 
-// Stages `count` blocks of `bytes` each (block i at src + i * bytes, published by the CTA whose
-// flag is flag_at(flags, i) once that is at least `want`) into dst + i * bytes of this CTA
-// and of every CTA of its cluster (count is a multiple of the cluster size): CTA rank r takes the
-// r-th range of count / cluster consecutive blocks, in bulk copies of `per_copy` blocks (at most
-// 32, dividing the range; plan.h copy_blocks). `issuers` warps take turns: copy c by the warp whose `issuer` is
-// c % issuers (-1: a warp that issues none), once the warp's lanes 0..per_copy-1 have each seen
-// one block's flag (acquire): a copy waits only for its own blocks' CTAs, and a copy's flags are
-// polled together. Every CTA's mbarrier `bar` counts the bytes landing in it (the caller waits on
-// it: mbar_wait). Called by all threads, once no CTA of the cluster still reads dst.
-__device__ __forceinline__ void multicast_ranges(unsigned char* dst, const unsigned char* src, unsigned bytes,
-                                                 int count, int per_copy, const unsigned* flags, unsigned want,
-                                                 int cluster, uint64_t* bar, int issuer, int issuers) {
-  const int lane = int(threadIdx.x % 32);
-  if (issuer < 0) return;
-  if (issuer == 0 && lane == 0) mbar_arm(bar, unsigned(count) * bytes);
-  const int range = count / cluster, first = int(cluster_rank()) * range, mask = (1 << cluster) - 1;
-  for (int c = issuer; c * per_copy < range; c += issuers) {
-    const int i = first + c * per_copy;
-    if (lane < per_copy) poll_flags<32>(flags, i + lane + 1, want, i + lane, 1);
-    __syncwarp();  // every flag of the copy is seen (the lanes' acquires precede lane 0's copy)
-    if (lane == 0) {
-      fence_proxy_async_global();  // the blocks were written and acquired through the generic proxy
-      bulk_copy_multicast(smem_addr(dst + i * int(bytes)), src + int64_t(i) * bytes, unsigned(per_copy) * bytes,
-                          smem_addr(bar), uint16_t(mask));
-    }
-  }
-}
-
 // The tagged exchange (the 16-bit forward on sm_90, multi_forward.cuh): each 32-bit word of h (a
 // unit pair of one row) travels in an 8-byte word beside its tag, the step count that publishes
 // it, so that a reader that sees the tag sees the data: no release, no progress flag. A block's row
@@ -185,22 +157,51 @@ __device__ __forceinline__ void wait_for_tags(const unsigned char* src, int byte
   }
 }
 
-// multicast_ranges for the tagged exchange: the same ranges and copies (`bytes` per block, tagged),
-// each issued once its blocks' words carry `want` (wait_for_tags: a copy of at most kTagPieceBytes).
-// The bulk copy reads the words the polls saw (no older values: the same locations, after the
-// proxy fence).
-__device__ __forceinline__ void tagged_ranges(unsigned char* dst, const unsigned char* src, unsigned bytes, int count,
-                                              int per_copy, unsigned want, int valid_rows, int cluster, uint64_t* bar,
-                                              int issuer, int issuers) {
+// multicast_ranges' wait for a copy's blocks (block i .. i + per_copy - 1, counted from the flags'
+// and the source's start), by the whole issuing warp: their CTAs' progress flags at least `want`,
+// lane l < per_copy polling block i + l's (acquire); or their tagged words carrying `want`.
+struct FlagsReady {
+  const unsigned* flags;
+  unsigned want;
+  int per_copy;
+  __device__ __forceinline__ void operator()(int i) const {
+    const int lane = int(threadIdx.x % 32);
+    if (lane < per_copy) poll_flags<32>(flags, i + lane + 1, want, i + lane, 1);
+  }
+};
+struct TagsReady {
+  const unsigned char* src;
+  int block_bytes, per_copy;
+  unsigned want;
+  int valid_rows;
+  __device__ __forceinline__ void operator()(int i) const {
+    wait_for_tags(src + int64_t(i) * block_bytes, per_copy * block_bytes, block_bytes, want, valid_rows);
+  }
+};
+
+// Stages `count` blocks of `bytes` each (block i at src + i * bytes) into dst + i * bytes of this
+// CTA and of every CTA of its cluster (count is a multiple of the cluster size): CTA rank r takes
+// the r-th range of count / cluster consecutive blocks, in bulk copies of `per_copy` blocks (at
+// most 32, dividing the range; plan.h copy_blocks). `issuers` warps take turns: copy c by the warp
+// whose `issuer` is c % issuers (-1: a warp that issues none), once ready(i) has seen its blocks
+// published (FlagsReady or TagsReady): a copy waits only for its own blocks' CTAs, and a copy's
+// blocks are polled together. Every CTA's mbarrier `bar` counts the bytes landing in it (the
+// caller waits on it: mbar_wait). Called by all threads, once no CTA of the cluster still reads dst.
+template <class Ready>
+__device__ __forceinline__ void multicast_ranges(unsigned char* dst, const unsigned char* src, unsigned bytes,
+                                                 int count, int per_copy, int cluster, uint64_t* bar, int issuer,
+                                                 int issuers, const Ready& ready) {
   const int lane = int(threadIdx.x % 32);
   if (issuer < 0) return;
   if (issuer == 0 && lane == 0) mbar_arm(bar, unsigned(count) * bytes);
   const int range = count / cluster, first = int(cluster_rank()) * range, mask = (1 << cluster) - 1;
   for (int c = issuer; c * per_copy < range; c += issuers) {
     const int i = first + c * per_copy;
-    wait_for_tags(src + int64_t(i) * bytes, per_copy * int(bytes), int(bytes), want, valid_rows);
-    __syncwarp();
+    ready(i);
+    __syncwarp();  // every block of the copy is seen (the lanes' polls precede lane 0's copy)
     if (lane == 0) {
+      // The blocks were written and seen through the generic proxy; the bulk copy reads the words
+      // the polls saw, or later ones (the same locations, after the proxy fence).
       fence_proxy_async_global();
       bulk_copy_multicast(smem_addr(dst + i * int(bytes)), src + int64_t(i) * bytes, unsigned(per_copy) * bytes,
                           smem_addr(bar), uint16_t(mask));

@@ -166,9 +166,10 @@ __global__ void __launch_bounds__(multi::kThreads + (kProducer ? 32 : 0), kProdu
         empty_parity ^= 1u << put.slot;
       }
       used |= 1u << put.slot;
-      multi::multicast_ranges(dst, from, unsigned(block_bytes), blocks, plan.copy_blocks,
-                              multi::flag_at(group_flags, j * blocks), unsigned(steps - s + 1), plan.cluster,
-                              &full[put.slot], warp == warp_issuing ? 0 : -1, 1);
+      multi::multicast_ranges(dst, from, unsigned(block_bytes), blocks, plan.copy_blocks, plan.cluster, &full[put.slot],
+                              warp == warp_issuing ? 0 : -1, 1,
+                              multi::FlagsReady{multi::flag_at(group_flags, j * blocks), unsigned(steps - s + 1),
+                                                plan.copy_blocks});
     } else {
       multi::copy_to_shared(dst, from, blocks * block_bytes);
     }

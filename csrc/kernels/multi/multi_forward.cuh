@@ -184,12 +184,12 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
     // after every CTA has published h_t, i.e. after every CTA has staged h_{t-1}.
     if (in_ranges) {  // each copy once its blocks' flags show them, after the cluster is done with hs
       cluster_wait();
-      if constexpr (kTagged)
-        multi::tagged_ranges(hs, region(t - 1), unsigned(block_bytes), plan.slices, plan.copy_blocks, unsigned(t),
-                             valid_rows, plan.cluster, &staged, issuer, issuers);
-      else
-        multi::multicast_ranges(hs, region(t - 1), unsigned(block_bytes), plan.slices, plan.copy_blocks,
-                                group_flags, unsigned(t), plan.cluster, &staged, issuer, issuers);
+      auto stage = [&](const auto& ready) {
+        multi::multicast_ranges(hs, region(t - 1), unsigned(block_bytes), plan.slices, plan.copy_blocks, plan.cluster,
+                                &staged, issuer, issuers, ready);
+      };
+      if constexpr (kTagged) stage(multi::TagsReady{region(t - 1), block_bytes, plan.copy_blocks, unsigned(t), valid_rows});
+      else stage(multi::FlagsReady{group_flags, unsigned(t), plan.copy_blocks});
     } else {  // once every CTA of this (head, group) has published h_{t-1} (acquire polls)
       multi::wait_for_flags(group_flags, plan.slices, unsigned(t));
       if (multicast)  // every CTA of the cluster has published h_{t-1}: none still reads hs

@@ -29,10 +29,31 @@ ESIZE = {"float32": 4, "float16": 2, "bfloat16": 2}
 RESERVE, PER_CTA, OPERAND_BUDGET, MAX_PER_SM = 2048, 1024, 100 * 1024, 2
 
 
-def plan(backward, function, dtype, B, N, D, device, ring=None):
+def plan(backward, function, dtype, B, N, D, device, ring=None, tagged=False):
     # the backward stages through a ring of buffers where it multicasts (sm_90), as the launcher plans it
     ring = "sm_90" in device if ring is None else ring
-    return _core._C.multi_plan(backward, CELLS[function].gates_r, ESIZE[dtype], B, N, D, *DEVICES[device], ring)
+    return _core._C.multi_plan(backward, CELLS[function].gates_r, ESIZE[dtype], B, N, D, *DEVICES[device], ring, tagged)
+
+
+def test_tagged_forward_plan_doubles_the_stage_and_only_in_16_bit():
+    # The 16-bit forward's tagged exchange (multi_forward.cuh) carries each 32-bit word of h in 8
+    # bytes: its stage rows are twice as long, the rest of the layout follows; its workspace holds
+    # the tagged exchange. fp32 and the backward ignore the request. 768 x 1 at B = 16 on the H100
+    # keeps every k-step of R in registers and one wave either way.
+    for function, B, D in itertools.product(CELLS, (1, 16, 20, 64), (512, 768, 1024)):
+        flags = plan(False, function, "bfloat16", B, 1, D, "H100 SXM (sm_90)")
+        tagged = plan(False, function, "bfloat16", B, 1, D, "H100 SXM (sm_90)", tagged=True)
+        where = (function, B, D)
+        assert tagged["tagged"] and not flags["tagged"], where
+        assert tagged["a_row"] == 2 * flags["a_row"] == 4 * D, where
+        assert tagged["red_offset"] == 16 * tagged["mt"] * tagged["a_row"], where
+        assert tagged["exchange_words"] >= 2 * tagged["groups"] * 16 * tagged["mt"] * D, where  # 8 bytes a pair
+        for other in (plan(False, function, "float32", B, 1, D, "H100 SXM (sm_90)", tagged=True),
+                      plan(True, function, "bfloat16", B, 1, D, "H100 SXM (sm_90)", tagged=True)):
+            assert "why" in other or not other["tagged"], where
+    flags = plan(False, "lstm", "bfloat16", 16, 1, 768, "H100 SXM (sm_90)")
+    tagged = plan(False, "lstm", "bfloat16", 16, 1, 768, "H100 SXM (sm_90)", tagged=True)
+    assert tagged["waves"] == flags["waves"] == 1 and tagged["reg_ksteps"] == flags["reg_ksteps"] == 48
 
 
 @pytest.mark.parametrize("device", list(DEVICES))

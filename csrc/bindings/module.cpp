@@ -147,7 +147,8 @@ PYBIND11_MODULE(_C, m) {
     return d;
   }, "the multi-CTA kernels' plan for the given device limits (pure arithmetic, no GPU), or {'why': ...}",
      py::arg("backward"), py::arg("gates_r"), py::arg("esize"), py::arg("batch"), py::arg("heads"), py::arg("head_dim"),
-     py::arg("smem_per_block"), py::arg("smem_per_sm"), py::arg("sm_count"), py::arg("ring"), py::arg("tagged") = false);
+     py::arg("smem_per_block"), py::arg("smem_per_sm"), py::arg("sm_count"), py::arg("ring"),
+     py::arg("tagged") = false);
   m.def("copy_blocks", &flashrnn::multi::copy_blocks,
         "blocks per multicast copy of the multi-CTA kernels' staging (plan.h; forward 0: after every flag)");
   // A cluster plan as a dict, or {'why': ...} where make_plan / make_wide_plan refused the shape.

@@ -21,13 +21,14 @@
 // next copies. (plan.copy_blocks = 0: each CTA waits for every flag, then copies its share; hs can
 // be overwritten then without the barrier: every CTA of the cluster has published h_{t-1}, after
 // its last read of h_{t-2}.)
-// Tagged (16-bit on sm_90 with copies in ranges, where its twice larger stage costs no extra wave):
-// each 32-bit word of h travels in an 8-byte word beside its tag, t + 1 (cooperative.cuh
+// Tagged (16-bit on sm_90 with copies in ranges, heads up to 768 units as a rule: switches.h
+// tagged_wanted; where its twice larger stage costs no extra wave): each 32-bit word of h travels in an 8-byte word beside its tag, t + 1 (cooperative.cuh
 // store_tagged), written with one relaxed store; the issuers poll the words of their range
 // themselves (wait_for_tags) and multicast them, tags and all, into hs, and the A fragments are
 // read from the data halves. No publish barrier, release or flag: the chain from h_t computed to
 // h_t staged in every CTA loses the release's MEMBAR and one L2 trip (768 x 1 bf16 B = 16 forward
-// 2.33 -> 2.01 ms on the H100; perf-log.md, twentieth session). The parity reuse holds as above:
+// 2.33 -> 2.01-2.04 ms on the H100; 1024 x 1 measured slower, 2.79 -> 3.16; perf-log.md,
+// twentieth session). The parity reuse holds as above:
 // a CTA's h_{t+1} depends on h_t of every CTA, each computed after that CTA's copies of h_{t-1}
 // had landed.
 // Per step: wait for the flags and copy h_{t-1} into shared memory; warp (m-tile, k-group)
@@ -188,8 +189,10 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
         multi::multicast_ranges(hs, region(t - 1), unsigned(block_bytes), plan.slices, plan.copy_blocks, plan.cluster,
                                 &staged, issuer, issuers, ready);
       };
-      if constexpr (kTagged) stage(multi::TagsReady{region(t - 1), block_bytes, plan.copy_blocks, unsigned(t), valid_rows});
-      else stage(multi::FlagsReady{group_flags, unsigned(t), plan.copy_blocks});
+      if constexpr (kTagged)
+        stage(multi::TagsReady{region(t - 1), block_bytes, plan.copy_blocks, unsigned(t), valid_rows});
+      else
+        stage(multi::FlagsReady{group_flags, unsigned(t), plan.copy_blocks});
     } else {  // once every CTA of this (head, group) has published h_{t-1} (acquire polls)
       multi::wait_for_flags(group_flags, plan.slices, unsigned(t));
       if (multicast)  // every CTA of the cluster has published h_{t-1}: none still reads hs
@@ -294,7 +297,7 @@ void launch_multi_forward(const ForwardParams& p, const DeviceLimits& device, cu
   const char* why = plan_for(plan, false);
   const bool tagged = sizeof(T) == 2 && device.cc_major >= 9 && why == nullptr && multi::tagged_wanted(plan.slices) &&
                       plan_for(tagged_plan, true) == nullptr && tagged_plan.waves() == plan.waves() &&
-                      tagged_plan.rows() * multi::kUnits * 4 <= multi::kTagPieceBytes;
+                      multi::tagged_block_bytes(tagged_plan.rows()) <= multi::kTagPieceBytes;
   if constexpr (sizeof(T) == 2) {
     if (cluster::wide_takes(cplan, false, Cell::kGatesR, sizeof(T), p.batch, p.heads, p.head_dim,
                             device.smem_per_block, why == nullptr ? &plan : nullptr, device.sm_count) &&
@@ -308,7 +311,7 @@ void launch_multi_forward(const ForwardParams& p, const DeviceLimits& device, cu
   if constexpr (sizeof(T) == 2) {
     if (tagged) {  // copies of at most kTagPieceBytes (a warp polls their words together)
       tagged_plan = multi::launch_plan(multi_forward_kernel<Cell, T, true>, tagged_plan, device, name);
-      const int piece = multi::kTagPieceBytes / (tagged_plan.rows() * multi::kUnits * 4);
+      const int piece = multi::kTagPieceBytes / multi::tagged_block_bytes(tagged_plan.rows());
       tagged_plan.copy_blocks = multi::copy_blocks(plan.slices, tagged_plan.cluster, wanted < piece ? wanted : piece);
       if (tagged_plan.copy_blocks > 0) {  // (else no clusters came: the flags' exchange)
         FLASHRNN_CUDA_CHECK(cudaMemsetAsync(  // no tag before the kernel's own (and the rows past the batch zero)

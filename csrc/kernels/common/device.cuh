@@ -249,13 +249,16 @@ __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t row_addre
                : "r"(row_address));
 }
 
-// Two 8x8 matrices (lanes 0-15 give the row addresses): the B fragment of one k16 (bf16/fp16)
-// or k8 (fp32) slice of 8 rows x 32 bytes, as the first half of ldmatrix_x4 would.
+// One 32-bit word at a shared-memory address (an A fragment's word where ldmatrix cannot gather
+// it: the tagged exchange's stage, multi_forward.cuh).
 __device__ __forceinline__ uint32_t ld_shared_u32(uint32_t address) {
   uint32_t v;
   asm volatile("ld.shared.b32 %0, [%1];" : "=r"(v) : "r"(address));
   return v;
 }
+
+// Two 8x8 matrices (lanes 0-15 give the row addresses): the B fragment of one k16 (bf16/fp16)
+// or k8 (fp32) slice of 8 rows x 32 bytes, as the first half of ldmatrix_x4 would.
 __device__ __forceinline__ void ldmatrix_x2(uint32_t (&r)[2], uint32_t row_address) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];"
                : "=r"(r[0]), "=r"(r[1])

@@ -128,7 +128,6 @@ __device__ __forceinline__ void store_tagged(void* word, uint32_t data, unsigned
 // kTagChunks * 32 of them (1 KB; multi_forward.cuh's copy_blocks).
 constexpr int kTagChunks = 2;
 constexpr int kTagPieceBytes = kTagChunks * 32 * 16;
-constexpr int tagged_block_bytes(int rows) { return rows * kUnits * 4; }  // rows of 4 tagged words
 
 // Polls the tagged words of `bytes` (blocks of `block_bytes`, rows of 32 bytes) at src until every
 // one of the first valid_rows rows of each block carries `want` (the rows past the batch are never

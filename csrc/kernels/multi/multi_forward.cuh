@@ -63,7 +63,8 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
   constexpr int kGr = Cell::kGatesR;
   constexpr int kRed = multi::red_stride(kGr);
   static_assert(!kTagged || sizeof(T) == 2, "tagged words carry a pair of 16-bit units");
-  constexpr int kUnitBytes = multi::kUnits * int(sizeof(T)) * (kTagged ? 2 : 1);  // a block's row (8 units)
+  constexpr int kElementBytes = kTagged ? multi::kTaggedElementBytes : int(sizeof(T));  // in the exchange and hs
+  constexpr int kUnitBytes = multi::kUnits * kElementBytes;                                // a block's row (8 units)
 
   extern __shared__ __align__(128) unsigned char smem[];
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, q = lane % 4;
@@ -119,7 +120,7 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
   unsigned* group_flags = multi::flag_at(flags, (n * plan.groups + group) * plan.slices);
   const int region_bytes = plan.slices * block_bytes;
   auto region = [&](int64_t t) {
-    return xdata + (((t & 1) * N + n) * plan.padded_batch() + b0) * D * int64_t(kUnitBytes / multi::kUnits);
+    return xdata + (((t & 1) * N + n) * plan.padded_batch() + b0) * D * int64_t(kElementBytes);
   };
 
   // Pointwise threads: 4 per batch row, each owning units u0 + 2 * pair and + 1.
@@ -130,7 +131,7 @@ __global__ void __launch_bounds__(multi::kThreads, multi::kMaxCtasPerSm)
   // This thread's two units in its CTA's block of region(t).
   auto h_slot = [&](int64_t t) {
     return reinterpret_cast<uint32_t*>(region(t) + int(blockIdx.x) * block_bytes + prow * kUnitBytes +
-                                       2 * pair * (kUnitBytes / multi::kUnits));
+                                       2 * pair * kElementBytes);
   };
   // The block's rows past the batch are zeros (whole blocks are staged; tagged: the host zeroed them).
   if (!kTagged && !pw && prow < rows)

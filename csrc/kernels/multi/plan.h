@@ -28,6 +28,10 @@ constexpr int kMaxCtasPerSm = 2;        // __launch_bounds__(kThreads, 2): <= 12
 constexpr int kOperandBudget = 100 * 1024;  // bytes for the staged operand rows (more where R fits beside)
 constexpr int kMaxSlots = 3;            // backward stage buffers (the ring's size, stage_chunks)
 constexpr int kFragBytes = 32 * 8;      // one B fragment (8 bytes per lane) of one n-tile
+// Bytes a 16-bit element of h takes in the forward's tagged exchange (cooperative.cuh store_tagged:
+// a unit pair's 8-byte word of data and tag): twice its own, in L2 and in the stage alike.
+constexpr int kTaggedElementBytes = 4;
+constexpr int tagged_block_bytes(int rows) { return rows * kUnits * kTaggedElementBytes; }
 // Forward: a warp's first k-steps whose R fragments sit in registers (48 registers of 4 gates in
 // 16-bit; fp32's 3xTF32 products need the registers themselves: more spill).
 constexpr int register_steps(int esize) { return esize == 4 ? 2 : 6; }
@@ -140,7 +144,7 @@ constexpr const char* fill_memory(Plan& p, bool backward, int gates_r, int esize
   } else {
     p.chunk_k = int(head_dim);
     p.chunks = p.slots = 1;
-    p.a_row = int(head_dim) * esize * (tagged ? 2 : 1);  // (in blocks of 8 units: no padding against bank conflicts)
+    p.a_row = int(head_dim) * (tagged ? kTaggedElementBytes : esize);  // (in blocks of 8 units: no bank padding)
   }
   p.red_offset = p.slots * p.rows() * p.a_row;
   p.r_offset = p.red_offset + red_bytes;
@@ -201,12 +205,18 @@ constexpr int multicast_cluster(int blocks, int largest) {
   return 1;
 }
 
-// Forward scratch: the h exchange, [2 parities][heads][batch group][slice][rows][8 units] (the
-// flags follow: flag_words()) in 32-bit words, for any m-tiles make_plan picks (the batch padded to
-// 64 rows); in 16-bit room for the tagged words (twice the bytes).
-constexpr long long exchange_words(long long batch, long long heads, long long head_dim, int esize) {
+// An exchange of `columns` elements of `bytes` each per batch row, [2 parities][heads][padded
+// batch][columns] in blocks, in 32-bit words, for any m-tiles make_plan picks (the batch padded to
+// 64 rows).
+constexpr long long exchange_words_of(long long batch, long long heads, long long columns, int bytes) {
   const long long padded = (batch + 63) / 64 * 64;
-  return 2 * heads * padded * (head_dim * esize / 4) * (esize == 2 ? 2 : 1);
+  return 2 * heads * padded * (columns * bytes / 4);
+}
+
+// Forward scratch: the h exchange, [2 parities][heads][batch group][slice][rows][8 units] (the
+// flags follow: flag_words()); in 16-bit room for the tagged words.
+constexpr long long exchange_words(long long batch, long long heads, long long head_dim, int esize) {
+  return exchange_words_of(batch, heads, head_dim, esize == 2 ? kTaggedElementBytes : esize);
 }
 
 // The multicast staging of `count` blocks (the forward's h_{t-1}: every slice's; the backward's
@@ -227,8 +237,7 @@ constexpr int copy_blocks(int count, int cluster, int wanted) {
 // The backward's dg exchange (multi_backward.cuh): [2 parities][heads][padded batch][Gr * D]
 // elements in blocks, after the progress flags, 16-byte aligned (4 words of slack).
 constexpr long long dg_exchange_words(long long batch, long long heads, long long head_dim, int gates_r, int esize) {
-  const long long padded = (batch + 63) / 64 * 64;
-  return 2 * heads * padded * (gates_r * head_dim * esize / 4) + 4;
+  return exchange_words_of(batch, heads, gates_r * head_dim, esize) + 4;
 }
 
 // Progress flags (forward and backward): one 32-bit counter per CTA [head][batch group][slice],

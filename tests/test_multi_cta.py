@@ -331,6 +331,33 @@ def test_multi_cta_tagged_exchange_matches_the_flags_bitwise(case, function, mon
         assert (a is None and b is None) or torch.equal(a, b), "the tagged exchange changed the results"
 
 
+@pytest.mark.parametrize("function", list(CELLS))
+@pytest.mark.parametrize("case", [(16, 33, 1, 768, "bfloat16"), (13, 9, 1, 1024, "float16"), (16, 9, 1, 512, "float32")],
+                         ids=lambda c: "B{}-T{}-N{}-D{}-{}".format(*c))
+def test_multi_cta_backward_r_in_registers_matches_shared_memory_bitwise(case, function, monkeypatch):
+    # Where a CTA has an SM to itself and the step's dg is one chunk, the L2 variant's backward keeps
+    # its warps' first k-steps of R in registers (plan.h backward_register_steps: all of 768 x 1,
+    # 192 of 1024 x 1's 256); FLASHRNN_BACKWARD_REGISTERS=0 keeps them in shared memory. The same
+    # products summed in the same order: the same bits.
+    monkeypatch.setenv("FLASHRNN_MULTI_L2", "1")
+    monkeypatch.setenv("FLASHRNN_WIDE", "0")
+    B, T, N, D, dtype = case
+    assert_multi(function, DTYPES[dtype], B, N, D)
+    inputs, _, _, weights = float64_reference(function, B, T, N, D, DTYPES[dtype], "random", 31)
+    results = {}
+    for registers in ("1", "0"):
+        monkeypatch.setenv("FLASHRNN_BACKWARD_REGISTERS", registers)
+        names = cuda_kernel_names(lambda: results.setdefault(registers, run_with_grads(function, "cuda_fused", inputs,
+                                                                                         weights)))
+        kinds = set(re.findall(r"multi_backward_kernel<[^>]*, false, (true|false)>", names))
+        assert kinds == {"true" if registers == "1" else "false"}, names
+    (out1, last1, grads1), (out0, last0, grads0) = results["1"], results["0"]
+    for a, b in zip([out1, last1, *grads1], [out0, last0, *grads0]):
+        assert (a is None and b is None) or torch.equal(a, b), "R in registers changed the results"
+    monkeypatch.setenv("FLASHRNN_BACKWARD_REGISTERS", "1")
+    check_against_reference(function, "cuda_fused", DTYPES[dtype], B, T, N, D)
+
+
 def test_multi_cta_wide_kernels_run_heads_the_l2_variant_runs_in_waves(monkeypatch):
     # 768 x 3 at B = 16: three wide clusters at once, where the L2 variant needs two waves (288 CTAs)
     monkeypatch.delenv("FLASHRNN_WIDE", raising=False)

@@ -83,10 +83,14 @@ def test_every_accepted_plan_fits_the_device_and_covers_the_problem(device):
         assert per_sm * (p["smem"] + PER_CTA) <= smem_sm, where
         gates_r, k = CELLS[function].gates_r, 8 if dtype == "float32" else 16
         ksteps = (gates_r if backward else 1) * D // k
-        # the forward's first k-steps of R in registers (6 per warp in 16-bit, 2 in fp32; 8 // mt
-        # k-groups), then in shared memory
-        per_warp = 2 if dtype == "float32" else 6
-        assert p["reg_ksteps"] == (0 if backward else min(per_warp * (8 // p["mt"]), ksteps)), where
+        # the first k-steps of R in registers (8 // mt k-groups; forward 6 per warp in 16-bit, 2 in
+        # fp32; backward 24 and 8, only where a CTA has an SM to itself and the step is one chunk),
+        # then in shared memory
+        if backward:
+            per_warp = (8 if dtype == "float32" else 24) if per_sm == 1 and p["chunks"] == 1 else 0
+        else:
+            per_warp = 2 if dtype == "float32" else 6
+        assert p["reg_ksteps"] == min(per_warp * (8 // p["mt"]), ksteps), where
         assert 0 <= p["resident"] <= ksteps - p["reg_ksteps"], where
         tiles = 1 if backward else gates_r
         assert p["smem"] == p["r_offset"] + p["resident"] * tiles * 256, where
@@ -187,6 +191,22 @@ def test_backward_stages_chunks_in_a_ring_on_an_h100():
     # the largest head at batch 16 (2 CTAs per SM): three buffers of a part of a gate, R partly in L2
     p = plan(True, "lstm", "bfloat16", 16, 1, 2112, h100)
     assert p["slots"] == 3 and p["chunk_k"] in (1056, 528) and p["resident"] < 4 * 2112 // 16, p
+
+
+def test_backward_keeps_r_in_registers_where_a_cta_has_an_sm_to_itself():
+    # 768 x 1 B = 16 (96 CTAs on 132 SMs, one chunk): all 192 k-steps of R's slice in registers (24
+    # per warp), none in shared memory; 1024 x 1 (256 k-steps): 192 in registers, 64 in shared memory
+    h100 = "H100 SXM (sm_90)"
+    for function, D, in_registers in (("lstm", 768, 192), ("gru", 768, 144), ("lstm", 1024, 192)):
+        ksteps = CELLS[function].gates_r * D // 16
+        p = plan(True, function, "bfloat16", 16, 1, D, h100)
+        off = _core._C.multi_plan(True, CELLS[function].gates_r, 2, 16, 1, D, *DEVICES[h100], True, registers=False)
+        assert (p["chunks"], p["reg_ksteps"], p["resident"]) == (1, in_registers, ksteps - in_registers), p
+        assert (off["reg_ksteps"], off["resident"]) == (0, ksteps), off
+        assert off["smem"] - p["smem"] == in_registers * 256, (p, off)
+    # two CTAs per SM (1536 x 1 B = 16: 192 CTAs) or a ring of chunks (B = 64): none in registers
+    assert plan(True, "lstm", "bfloat16", 16, 1, 1536, h100)["reg_ksteps"] == 0
+    assert plan(True, "lstm", "bfloat16", 64, 1, 768, h100)["reg_ksteps"] == 0
 
 
 def test_multicast_copy_blocks_divide_each_ctas_range():

@@ -126,11 +126,11 @@ PYBIND11_MODULE(_C, m) {
     return py::make_tuple(int(f), why);
   }, "the family that runs this shape fused (1 one CTA per head, 2 multi-CTA), or 0 and why none does (empty: 0 by choice, faster)");
   m.def("multi_plan", [](bool backward, int gates_r, int esize, int64_t batch, int64_t heads, int64_t head_dim,
-                         int smem_per_block, int smem_per_sm, int sm_count, bool ring, bool tagged) {
+                         int smem_per_block, int smem_per_sm, int sm_count, bool ring, bool tagged, bool registers) {
     namespace multi = flashrnn::multi;
     multi::Plan p;
     const char* why = multi::make_plan(p, backward, gates_r, esize, batch, heads, head_dim, smem_per_block,
-                                       smem_per_sm, sm_count, ring, tagged);
+                                       smem_per_sm, sm_count, ring, tagged, registers);
     py::dict d;
     if (why != nullptr) {
       d["why"] = std::string(why);
@@ -148,7 +148,7 @@ PYBIND11_MODULE(_C, m) {
   }, "the multi-CTA kernels' plan for the given device limits (pure arithmetic, no GPU), or {'why': ...}",
      py::arg("backward"), py::arg("gates_r"), py::arg("esize"), py::arg("batch"), py::arg("heads"), py::arg("head_dim"),
      py::arg("smem_per_block"), py::arg("smem_per_sm"), py::arg("sm_count"), py::arg("ring"),
-     py::arg("tagged") = false);
+     py::arg("tagged") = false, py::arg("registers") = true);
   m.def("copy_blocks", &flashrnn::multi::copy_blocks,
         "blocks per multicast copy of the multi-CTA kernels' staging (plan.h; forward 0: after every flag)");
   // A cluster plan as a dict, or {'why': ...} where make_plan / make_wide_plan refused the shape.

@@ -43,8 +43,10 @@ namespace flashrnn {
 
 // kProducer: launched with a ninth warp (plan.producer) that stages the chunks, one CTA per SM
 // (registers: two CTAs of nine warps would leave 96 per thread, and the code spills at that).
-template <class Cell, class T, bool kProducer>
-__global__ void __launch_bounds__(multi::kThreads + (kProducer ? 32 : 0), kProducer ? 1 : multi::kMaxCtasPerSm)
+// kRegisters: one CTA per SM, the warps' first k-steps of R in registers (plan.reg_ksteps > 0).
+template <class Cell, class T, bool kProducer, bool kRegisters = false>
+__global__ void __launch_bounds__(multi::kThreads + (kProducer ? 32 : 0),
+                                  kProducer || kRegisters ? 1 : multi::kMaxCtasPerSm)
     multi_backward_kernel(const BackwardParams p, const multi::Plan plan, unsigned* flags) {
   static_assert(cells::Cell<Cell>, "see cells/elman.cuh for what a cell must define");
   using M = Mma<T>;
@@ -52,6 +54,9 @@ __global__ void __launch_bounds__(multi::kThreads + (kProducer ? 32 : 0), kProdu
   constexpr int kGr = Cell::kGatesR, kGb = Cell::kGatesB;
   constexpr int kThreads = multi::kThreads, kChains = 4;
   constexpr int kUnitBytes = multi::kUnits * int(sizeof(T));  // a block's row of one gate
+  static_assert(!(kProducer && kRegisters), "the plan keeps R in registers only for one chunk per step");
+  static_assert(multi::backward_register_steps(2) % kChains == 0 && multi::backward_register_steps(4) % kChains == 0,
+                "the chains continue past the register k-steps in turn");
 
   extern __shared__ __align__(128) unsigned char smem[];
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
@@ -71,7 +76,7 @@ __global__ void __launch_bounds__(multi::kThreads + (kProducer ? 32 : 0), kProdu
   }
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, q = lane % 4;
   const int64_t B = p.batch, steps = p.steps, N = p.heads, D = p.head_dim;
-  const int rows = plan.rows(), mt_count = plan.mt, k_groups = multi::kWarps / mt_count;
+  const int rows = plan.rows(), mt_count = plan.mt, k_groups = multi::kWarps / mt_count, kg = warp / mt_count;
   const int group = plan.group0 + int(blockIdx.y);  // this launch's wave starts at (group0, head0)
   const int64_t u0 = int64_t(blockIdx.x) * multi::kUnits, b0 = int64_t(group) * rows, n = plan.head0 + blockIdx.z;
   const int valid_rows = int(B - b0 < rows ? B - b0 : rows);
@@ -105,12 +110,21 @@ __global__ void __launch_bounds__(multi::kThreads + (kProducer ? 32 : 0), kProdu
     M::load_b_kmajor(f, r_row(ks * M::kK), r_row(ks * M::kK + M::kK / 2), D);
   };
   const bool is_producer = kProducer && warp == multi::kWarps;  // the ninth warp (below)
+  // k-steps 0 .. reg_ksteps - 1 in registers (this warp's: kg + i * k_groups), the next `resident`
+  // in shared memory (rs[k-step - reg_ksteps]), the rest read from L2 when multiplied.
+  const int reg_ksteps = kRegisters ? plan.reg_ksteps : 0, resident_end = reg_ksteps + plan.resident;
+  constexpr int kRegSteps = kRegisters ? multi::backward_register_steps(int(sizeof(T))) : 1;
+  uint32_t rr[kRegSteps][2] = {};
   if (!p.recurrent_cut && !is_producer) {
     for (int ks = warp; ks < plan.resident; ks += multi::kWarps) {
       uint32_t f[2];
-      r_fragment(ks, f);
+      r_fragment(reg_ksteps + ks, f);
       rs[ks * 32 + lane] = make_uint2(f[0], f[1]);
     }
+    if constexpr (kRegisters)
+#pragma unroll
+      for (int i = 0; i < kRegSteps; ++i)
+        if (kg + i * k_groups < reg_ksteps) r_fragment(kg + i * k_groups, rr[i]);
   }
   __syncthreads();  // rs is complete
   // Multicast staging: full[s] counts the bytes of the chunk landing in buffer s; empty[s] the
@@ -184,7 +198,7 @@ __global__ void __launch_bounds__(multi::kThreads + (kProducer ? 32 : 0), kProdu
   }
   auto recurrent = [&](int64_t s, float (&rec)[2]) {
     if (!multicast) multi::wait_for_flags(group_flags, plan.slices, unsigned(steps - s + 1));  // every CTA's dg_s is visible
-    const int mt = warp % mt_count, kg = warp / mt_count;
+    const int mt = warp % mt_count;
     if (!producer)
       for (int j = 0; j < ahead; ++j) stage_chunk(s, j);
     float acc[kChains][4] = {};
@@ -199,8 +213,21 @@ __global__ void __launch_bounds__(multi::kThreads + (kProducer ? 32 : 0), kProdu
       }
       const uint32_t a_src = multi::block_a_address(stage + slot * slot_bytes, rows, mt * 16, kUnitBytes);
       const int ks0 = j * plan.chunk_k / M::kK, count = plan.chunk_k / M::kK;
+      // The k-steps of R in registers first (one chunk: they are its first), unrolled. Chain c
+      // accumulates the warp's k-steps i with i % kChains == c in order, in every loop here: the
+      // sums are the same whichever of them holds a k-step's R.
+      if constexpr (kRegisters) {
+#pragma unroll
+        for (int i = 0; i < kRegSteps; ++i) {
+          const int ks = kg + i * k_groups;
+          if (ks >= reg_ksteps) break;
+          uint32_t a[4];
+          ldmatrix_x4(a, a_src + ks * 32 * rows);
+          M::mma(acc[i % kChains], a, rr[i], p.allow_tf32);
+        }
+      }
       auto multiply = [&](auto&& fragment) {
-        for (int j0 = kg; j0 < count; j0 += kChains * k_groups) {
+        for (int j0 = kg + reg_ksteps; j0 < count; j0 += kChains * k_groups) {
 #pragma unroll
           for (int c = 0; c < kChains; ++c) {
             const int jj = j0 + c * k_groups;
@@ -213,16 +240,16 @@ __global__ void __launch_bounds__(multi::kThreads + (kProducer ? 32 : 0), kProdu
         }
       };
       auto resident = [&](int ks, uint32_t (&f)[2]) {
-        const uint2 v = rs[ks * 32 + lane];
+        const uint2 v = rs[(ks - reg_ksteps) * 32 + lane];
         f[0] = v.x;
         f[1] = v.y;
       };
       // A chunk held in shared memory gets a loop without the L2 path's address arithmetic.
-      if (ks0 + count <= plan.resident) {
+      if (ks0 + count <= resident_end) {
         multiply(resident);
       } else {
         multiply([&](int ks, uint32_t (&f)[2]) {
-          if (ks < plan.resident) resident(ks, f);
+          if (ks < resident_end) resident(ks, f);
           else r_fragment(ks, f);
         });
       }
@@ -288,7 +315,8 @@ __global__ void __launch_bounds__(multi::kThreads + (kProducer ? 32 : 0), kProdu
 template <class Cell, class T>
 const char* make_multi_backward_plan(multi::Plan& plan, const BackwardParams& p, const DeviceLimits& device) {
   return multi::make_plan(plan, true, Cell::kGatesR, sizeof(T), p.batch, p.heads, p.head_dim, device.smem_per_block,
-                          device.smem_per_sm, device.sm_count, multi::backward_ring(device));
+                          device.smem_per_sm, device.sm_count, multi::backward_ring(device), false,
+                          !multi::turned_off("FLASHRNN_BACKWARD_REGISTERS"));
 }
 
 // The L2 variant's plan for p on `device` (`plan` and `why` from make_multi_backward_plan),
@@ -315,7 +343,8 @@ multi::Plan multi_backward_plan(multi::Plan plan, const char* why, const Backwar
     if (launched.cluster > 1) return copies(launched);  // else per-CTA copies: every warp copies its rows
     plan.producer = false;
   }
-  return copies(multi::launch_plan(multi_backward_kernel<Cell, T, false>, plan, device, "multi_backward_kernel"));
+  const auto kernel = plan.reg_ksteps > 0 ? multi_backward_kernel<Cell, T, false, true> : multi_backward_kernel<Cell, T, false>;
+  return copies(multi::launch_plan(kernel, plan, device, "multi_backward_kernel"));
 }
 
 template <class Cell, class T>
@@ -365,8 +394,10 @@ void launch_multi_backward(const BackwardParams& p, const DeviceLimits& device, 
   }
   const multi::Plan plan = multi_backward_plan<Cell, T>(l2, why, p, device);
   clear_flags();
-  multi::launch_cooperative(plan.producer ? multi_backward_kernel<Cell, T, true> : multi_backward_kernel<Cell, T, false>,
-                            plan, stream, "multi_backward_kernel", p, flags);
+  const auto kernel = plan.producer         ? multi_backward_kernel<Cell, T, true>
+                      : plan.reg_ksteps > 0 ? multi_backward_kernel<Cell, T, false, true>
+                                            : multi_backward_kernel<Cell, T, false>;
+  multi::launch_cooperative(kernel, plan, stream, "multi_backward_kernel", p, flags);
   if (plan.dr_columns == 0) launch_weight_grad<T>(p, Cell::kGatesR, Cell::kGatesB, p.workspace, stream);
 }
 

@@ -35,6 +35,10 @@ constexpr int tagged_block_bytes(int rows) { return rows * kUnits * kTaggedEleme
 // Forward: a warp's first k-steps whose R fragments sit in registers (48 registers of 4 gates in
 // 16-bit; fp32's 3xTF32 products need the registers themselves: more spill).
 constexpr int register_steps(int esize) { return esize == 4 ? 2 : 6; }
+// Backward, where a CTA has an SM to itself and the step's stage is one chunk: a warp's k-steps
+// whose R fragments sit in registers (kernel launch bounds of one CTA per SM: 48 registers in
+// 16-bit, all of R's slice at 768 x 1 LSTM, so the product reads only dg from shared memory).
+constexpr int backward_register_steps(int esize) { return esize == 4 ? 8 : 24; }
 constexpr int kSmemPerCtaReserve = 1024;  // the driver's per-CTA reservation
 
 // Floats per row of the cross-warp reduction buffer: tiles * 8 partial sums, padded so that a
@@ -52,8 +56,8 @@ struct Plan {
   int a_row = 0;             // bytes per staged operand row of one buffer
   int red_offset = 0;        // cross-warp reduction buffer
   int r_offset = 0;          // R fragments
-  int reg_ksteps = 0;        // forward: k-steps 0.. whose R fragments the warps hold in registers
-  int resident = 0;          // k-steps of R fragments held in shared memory (the forward's after reg_ksteps)
+  int reg_ksteps = 0;        // k-steps 0.. whose R fragments the warps hold in registers
+  int resident = 0;          // k-steps of R fragments held in shared memory (after reg_ksteps)
   int smem = 0;              // dynamic shared memory per CTA
   int wave_groups = 0;       // batch groups per launch (all of them where heads fit beside)
   int wave_heads = 0;        // heads per launch (1 where one head's groups need several launches)
@@ -129,7 +133,8 @@ constexpr void stage_chunks(Plan& p, int gates_r, int esize, int room, int cap, 
 
 // make_plan's shared-memory layout for a launch of plan.ctas CTAs (its m-tiles, slices and waves chosen).
 constexpr const char* fill_memory(Plan& p, bool backward, int gates_r, int esize, long long head_dim,
-                                  int smem_per_block, int smem_per_sm, int sm_count, bool ring, bool tagged) {
+                                  int smem_per_block, int smem_per_sm, int sm_count, bool ring, bool tagged,
+                                  bool registers) {
   const long long k_per_step = esize == 4 ? 8 : 16;
   const long long ksteps = (backward ? gates_r : 1) * head_dim / k_per_step;
   const int tiles = backward ? 1 : gates_r;
@@ -149,9 +154,13 @@ constexpr const char* fill_memory(Plan& p, bool backward, int gates_r, int esize
   p.red_offset = p.slots * p.rows() * p.a_row;
   p.r_offset = p.red_offset + red_bytes;
   if (p.r_offset > budget) return "its CTAs do not fit the device's shared memory";
-  // The forward's warp (m-tile, k-group) keeps the R fragments of its first register_steps k-steps
-  // (k-group, k-group + k-groups, ...) in registers: k-steps 0 .. reg_ksteps - 1 of every warp.
-  const long long in_registers = backward ? 0 : (long long)register_steps(esize) * (kWarps / p.mt);
+  // The warp (m-tile, k-group) keeps the R fragments of its first register_steps k-steps (k-group,
+  // k-group + k-groups, ...) in registers: k-steps 0 .. reg_ksteps - 1 of every warp. The backward
+  // only where its CTA has an SM to itself and the stage is one chunk (multi_backward.cuh).
+  const bool backward_registers = registers && per_sm == 1 && p.chunks == 1;
+  const long long in_registers = (long long)(backward ? (backward_registers ? backward_register_steps(esize) : 0)
+                                                      : register_steps(esize)) *
+                                 (kWarps / p.mt);
   p.reg_ksteps = int(in_registers < ksteps ? in_registers : ksteps);
   const long long fit = (budget - p.r_offset) / (tiles * kFragBytes);
   p.resident = int(fit < ksteps - p.reg_ksteps ? fit : ksteps - p.reg_ksteps);
@@ -162,12 +171,12 @@ constexpr const char* fill_memory(Plan& p, bool backward, int gates_r, int esize
 // Fills `plan` for a forward (backward = false) or backward pass; returns nullptr, or why the shape
 // cannot run in this family on this device. `ring`: the backward may stage through a ring of
 // buffers (stage_chunks); `tagged`: the forward's h in tagged words (16-bit; its stage rows twice
-// as long). esize: bytes per element; n-tiles per k-step: the forward multiplies h by every
+// as long); `registers`: the backward may keep R's fragments in registers (fill_memory). esize: bytes per element; n-tiles per k-step: the forward multiplies h by every
 // recurrent gate's slice (gates_r tiles), the backward multiplies dg by R^T restricted to the CTA's
 // units (one tile).
 constexpr const char* make_plan(Plan& p, bool backward, int gates_r, int esize, long long batch, long long heads,
                                 long long head_dim, int smem_per_block, int smem_per_sm, int sm_count,
-                                bool ring = false, bool tagged = false) {
+                                bool ring = false, bool tagged = false, bool registers = true) {
   p.tagged = tagged && !backward && esize == 2;
   if (head_dim % 16 != 0 || head_dim < 16) return "the head dim is not a multiple of 16";
   if (batch < 1 || heads < 1 || sm_count < 1) return "there is no batch row or no head to run";
@@ -189,7 +198,8 @@ constexpr const char* make_plan(Plan& p, bool backward, int gates_r, int esize, 
       p.wave_groups = int(pairs < p.groups ? pairs : p.groups);
       p.wave_heads = p.wave_groups < p.groups ? 1 : int(pairs / p.groups < heads ? pairs / p.groups : heads);
       p.ctas = (long long)p.slices * p.wave_groups * p.wave_heads;
-      why = fill_memory(p, backward, gates_r, esize, head_dim, smem_per_block, smem_per_sm, sm_count, ring, p.tagged);
+      why = fill_memory(p, backward, gates_r, esize, head_dim, smem_per_block, smem_per_sm, sm_count, ring, p.tagged,
+                        registers);
       if (why == nullptr) return nullptr;
     }
   }

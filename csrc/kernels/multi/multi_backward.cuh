@@ -7,7 +7,10 @@
 // per-CTA progress counter (release); the blocks are staged from L2 into shared memory chunk by
 // chunk (plan.h stage_chunks: the whole step at once where it fits, else a ring of three buffers),
 // each once its CTA's counter shows it (acquire), and multiplied by R^T restricted to their units
-// (warp = (m-tile, k-group), partial sums meet in shared memory).
+// (warp = (m-tile, k-group), partial sums meet in shared memory). R's fragments sit in shared
+// memory, or, where a CTA has an SM to itself and a step is one chunk, in registers as far as
+// they go (kRegisters: at 768 x 1 B = 16 all of them, so the product reads only dg from shared
+// memory: 144 -> 96 KB per step and CTA).
 // Then 4 threads per batch row run the cell's backward on 2 units each. dR and db are reduced after
 // this kernel (weight_grad.cuh), deterministically. dg is published as exchanged (one barrier + one
 // release per step), so the payload is the rounded dg that the single-CTA kernels multiply too.

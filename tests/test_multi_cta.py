@@ -314,21 +314,26 @@ def test_multi_cta_tagged_exchange_matches_the_flags_bitwise(case, function, mon
     # the batch tile (16 and 32 rows) that are never written (their tags stay 0).
     if torch.cuda.get_device_capability()[0] < 9:
         pytest.skip("the tagged exchange needs clusters (sm_90)")
+    check_switch_keeps_the_bits(function, case, "FLASHRNN_TAGGED", r"multi_forward_kernel<[^>]*, (true|false)>", 23,
+                                monkeypatch)
+
+
+def check_switch_keeps_the_bits(function, case, switch, kernel, seed, monkeypatch):
+    # Runs the L2 variant on `case` with the environment switch at 1 and at 0: the kernel's template
+    # argument that `kernel` (a regex) captures must follow it, the outputs and gradients must not.
     monkeypatch.setenv("FLASHRNN_MULTI_L2", "1")
     monkeypatch.setenv("FLASHRNN_WIDE", "0")
     B, T, N, D, dtype = case
     assert_multi(function, DTYPES[dtype], B, N, D)
-    inputs, _, _, weights = float64_reference(function, B, T, N, D, DTYPES[dtype], "random", 23)
+    inputs, _, _, weights = float64_reference(function, B, T, N, D, DTYPES[dtype], "random", seed)
     results = {}
-    for tagged in ("1", "0"):
-        monkeypatch.setenv("FLASHRNN_TAGGED", tagged)
-        names = cuda_kernel_names(lambda: results.setdefault(tagged, run_with_grads(function, "cuda_fused", inputs,
-                                                                                      weights)))
-        kinds = set(re.findall(r"multi_forward_kernel<[^>]*, (true|false)>", names))
-        assert kinds == {"true" if tagged == "1" else "false"}, names
+    for on in ("1", "0"):
+        monkeypatch.setenv(switch, on)
+        names = cuda_kernel_names(lambda: results.setdefault(on, run_with_grads(function, "cuda_fused", inputs, weights)))
+        assert set(re.findall(kernel, names)) == {"true" if on == "1" else "false"}, (switch, on, names)
     (out1, last1, grads1), (out0, last0, grads0) = results["1"], results["0"]
     for a, b in zip([out1, last1, *grads1], [out0, last0, *grads0]):
-        assert (a is None and b is None) or torch.equal(a, b), "the tagged exchange changed the results"
+        assert (a is None and b is None) or torch.equal(a, b), f"{switch} changed the results"
 
 
 @pytest.mark.parametrize("function", list(CELLS))
@@ -339,22 +344,10 @@ def test_multi_cta_backward_r_in_registers_matches_shared_memory_bitwise(case, f
     # its warps' first k-steps of R in registers (plan.h backward_register_steps: all of 768 x 1,
     # 192 of 1024 x 1's 256); FLASHRNN_BACKWARD_REGISTERS=0 keeps them in shared memory. The same
     # products summed in the same order: the same bits.
-    monkeypatch.setenv("FLASHRNN_MULTI_L2", "1")
-    monkeypatch.setenv("FLASHRNN_WIDE", "0")
-    B, T, N, D, dtype = case
-    assert_multi(function, DTYPES[dtype], B, N, D)
-    inputs, _, _, weights = float64_reference(function, B, T, N, D, DTYPES[dtype], "random", 31)
-    results = {}
-    for registers in ("1", "0"):
-        monkeypatch.setenv("FLASHRNN_BACKWARD_REGISTERS", registers)
-        names = cuda_kernel_names(lambda: results.setdefault(registers, run_with_grads(function, "cuda_fused", inputs,
-                                                                                         weights)))
-        kinds = set(re.findall(r"multi_backward_kernel<[^>]*, false, (true|false)>", names))
-        assert kinds == {"true" if registers == "1" else "false"}, names
-    (out1, last1, grads1), (out0, last0, grads0) = results["1"], results["0"]
-    for a, b in zip([out1, last1, *grads1], [out0, last0, *grads0]):
-        assert (a is None and b is None) or torch.equal(a, b), "R in registers changed the results"
+    check_switch_keeps_the_bits(function, case, "FLASHRNN_BACKWARD_REGISTERS",
+                                r"multi_backward_kernel<[^>]*, false, (true|false)>", 31, monkeypatch)
     monkeypatch.setenv("FLASHRNN_BACKWARD_REGISTERS", "1")
+    B, T, N, D, dtype = case
     check_against_reference(function, "cuda_fused", DTYPES[dtype], B, T, N, D)
 
 

@@ -216,30 +216,38 @@ __global__ void __launch_bounds__(multi::kThreads + (kProducer ? 32 : 0),
       }
       const uint32_t a_src = multi::block_a_address(stage + slot * slot_bytes, rows, mt * 16, kUnitBytes);
       const int ks0 = j * plan.chunk_k / M::kK, count = plan.chunk_k / M::kK;
-      // The k-steps of R in registers first (one chunk: they are its first), unrolled. Chain c
-      // accumulates the warp's k-steps i with i % kChains == c in order, in every loop here: the
-      // sums are the same whichever of them holds a k-step's R.
+      // The k-steps of R in registers first (one chunk: they are its first), unrolled, each A
+      // fragment loaded kAhead k-steps before its product (ldmatrix and mma are volatile asm: they
+      // run in the order written). Chain c accumulates the warp's k-steps i with i % kChains == c
+      // in order, in every loop here: the sums are the same whichever of them holds a k-step's R.
       if constexpr (kRegisters) {
+        constexpr int kAhead = 3;
+        uint32_t a[kAhead + 1][4];
+        auto load_a = [&](int i) {  // (a k-step past the register ones loads k-step kg, unused)
+          const int ks = kg + i * k_groups;
+          ldmatrix_x4(a[i % (kAhead + 1)], a_src + (ks < reg_ksteps ? ks : kg) * 32 * rows);
+        };
+#pragma unroll
+        for (int i = 0; i < kAhead && i < kRegSteps; ++i) load_a(i);
 #pragma unroll
         for (int i = 0; i < kRegSteps; ++i) {
-          const int ks = kg + i * k_groups;
-          if (ks >= reg_ksteps) break;
-          uint32_t a[4];
-          ldmatrix_x4(a, a_src + ks * 32 * rows);
-          M::mma(acc[i % kChains], a, rr[i], p.allow_tf32);
+          if (i + kAhead < kRegSteps) load_a(i + kAhead);
+          if (kg + i * k_groups < reg_ksteps) M::mma(acc[i % kChains], a[i % (kAhead + 1)], rr[i], p.allow_tf32);
         }
       }
-      auto multiply = [&](auto&& fragment) {
+      auto multiply = [&](auto&& fragment) {  // (the chains' loads first, then their products)
         for (int j0 = kg + reg_ksteps; j0 < count; j0 += kChains * k_groups) {
+          uint32_t a[kChains][4], f[kChains][2];
 #pragma unroll
           for (int c = 0; c < kChains; ++c) {
             const int jj = j0 + c * k_groups;
             if (jj >= count) break;
-            uint32_t a[4], f[2];
-            ldmatrix_x4(a, a_src + jj * 32 * rows);
-            fragment(ks0 + jj, f);
-            M::mma(acc[c], a, f, p.allow_tf32);
+            ldmatrix_x4(a[c], a_src + jj * 32 * rows);
+            fragment(ks0 + jj, f[c]);
           }
+#pragma unroll
+          for (int c = 0; c < kChains; ++c)
+            if (j0 + c * k_groups < count) M::mma(acc[c], a[c], f[c], p.allow_tf32);
         }
       };
       auto resident = [&](int ks, uint32_t (&f)[2]) {

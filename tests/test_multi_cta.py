@@ -340,10 +340,10 @@ def check_switch_keeps_the_bits(function, case, switch, kernel, seed, monkeypatc
 @pytest.mark.parametrize("case", [(16, 33, 1, 768, "bfloat16"), (13, 9, 1, 1024, "float16"), (16, 9, 1, 512, "float32")],
                          ids=lambda c: "B{}-T{}-N{}-D{}-{}".format(*c))
 def test_multi_cta_backward_r_in_registers_matches_shared_memory_bitwise(case, function, monkeypatch):
-    # Where a CTA has an SM to itself and the step's dg is one chunk, the L2 variant's backward keeps
-    # its warps' first k-steps of R in registers (plan.h backward_register_steps: all of 768 x 1,
-    # 192 of 1024 x 1's 256); FLASHRNN_BACKWARD_REGISTERS=0 keeps them in shared memory. The same
-    # products summed in the same order: the same bits.
+    # With FLASHRNN_BACKWARD_REGISTERS=1, where a CTA has an SM to itself and the step's dg is one
+    # chunk, the L2 variant's backward keeps its warps' first k-steps of R in registers (plan.h
+    # backward_register_steps: all of 768 x 1, 192 of 1024 x 1's 256); without it (the default
+    # until measured) in shared memory. The same products summed in the same order: the same bits.
     check_switch_keeps_the_bits(function, case, "FLASHRNN_BACKWARD_REGISTERS",
                                 r"multi_backward_kernel<[^>]*, false, (true|false)>", 31, monkeypatch)
     monkeypatch.setenv("FLASHRNN_BACKWARD_REGISTERS", "1")

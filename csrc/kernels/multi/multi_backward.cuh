@@ -8,9 +8,9 @@
 // chunk (plan.h stage_chunks: the whole step at once where it fits, else a ring of three buffers),
 // each once its CTA's counter shows it (acquire), and multiplied by R^T restricted to their units
 // (warp = (m-tile, k-group), partial sums meet in shared memory). R's fragments sit in shared
-// memory, or, where a CTA has an SM to itself and a step is one chunk, in registers as far as
-// they go (kRegisters: at 768 x 1 B = 16 all of them, so the product reads only dg from shared
-// memory: 144 -> 96 KB per step and CTA).
+// memory, or (FLASHRNN_BACKWARD_REGISTERS=1, not yet measured), where a CTA has an SM to itself and
+// a step is one chunk, in registers as far as they go (kRegisters: at 768 x 1 B = 16 all of them,
+// so the product reads only dg from shared memory: 144 -> 96 KB per step and CTA).
 // Then 4 threads per batch row run the cell's backward on 2 units each. dR and db are reduced after
 // this kernel (weight_grad.cuh), deterministically. dg is published as exchanged (one barrier + one
 // release per step), so the payload is the rounded dg that the single-CTA kernels multiply too.
@@ -46,7 +46,9 @@ namespace flashrnn {
 
 // kProducer: launched with a ninth warp (plan.producer) that stages the chunks, one CTA per SM
 // (registers: two CTAs of nine warps would leave 96 per thread, and the code spills at that).
-// kRegisters: one CTA per SM, the warps' first k-steps of R in registers (plan.reg_ksteps > 0).
+// kRegisters: one CTA per SM, the warps' first k-steps of R in registers (plan.reg_ksteps > 0;
+// opt-in with FLASHRNN_BACKWARD_REGISTERS=1 until it has run on a GPU: perf-log.md, twenty-first
+// session).
 template <class Cell, class T, bool kProducer, bool kRegisters = false>
 __global__ void __launch_bounds__(multi::kThreads + (kProducer ? 32 : 0),
                                   kProducer || kRegisters ? 1 : multi::kMaxCtasPerSm)
@@ -79,7 +81,7 @@ __global__ void __launch_bounds__(multi::kThreads + (kProducer ? 32 : 0),
   }
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, q = lane % 4;
   const int64_t B = p.batch, steps = p.steps, N = p.heads, D = p.head_dim;
-  const int rows = plan.rows(), mt_count = plan.mt, k_groups = multi::kWarps / mt_count, kg = warp / mt_count;
+  const int rows = plan.rows(), mt_count = plan.mt, k_groups = multi::kWarps / mt_count;
   const int group = plan.group0 + int(blockIdx.y);  // this launch's wave starts at (group0, head0)
   const int64_t u0 = int64_t(blockIdx.x) * multi::kUnits, b0 = int64_t(group) * rows, n = plan.head0 + blockIdx.z;
   const int valid_rows = int(B - b0 < rows ? B - b0 : rows);
@@ -124,10 +126,12 @@ __global__ void __launch_bounds__(multi::kThreads + (kProducer ? 32 : 0),
       r_fragment(reg_ksteps + ks, f);
       rs[ks * 32 + lane] = make_uint2(f[0], f[1]);
     }
-    if constexpr (kRegisters)
+    if constexpr (kRegisters) {
+      const int kg = warp / mt_count;  // (the warp's k-group, as in recurrent() below)
 #pragma unroll
       for (int i = 0; i < kRegSteps; ++i)
         if (kg + i * k_groups < reg_ksteps) r_fragment(kg + i * k_groups, rr[i]);
+    }
   }
   __syncthreads();  // rs is complete
   // Multicast staging: full[s] counts the bytes of the chunk landing in buffer s; empty[s] the
@@ -201,7 +205,7 @@ __global__ void __launch_bounds__(multi::kThreads + (kProducer ? 32 : 0),
   }
   auto recurrent = [&](int64_t s, float (&rec)[2]) {
     if (!multicast) multi::wait_for_flags(group_flags, plan.slices, unsigned(steps - s + 1));  // every CTA's dg_s is visible
-    const int mt = warp % mt_count;
+    const int mt = warp % mt_count, kg = warp / mt_count;
     if (!producer)
       for (int j = 0; j < ahead; ++j) stage_chunk(s, j);
     float acc[kChains][4] = {};
@@ -235,19 +239,17 @@ __global__ void __launch_bounds__(multi::kThreads + (kProducer ? 32 : 0),
           if (kg + i * k_groups < reg_ksteps) M::mma(acc[i % kChains], a[i % (kAhead + 1)], rr[i], p.allow_tf32);
         }
       }
-      auto multiply = [&](auto&& fragment) {  // (the chains' loads first, then their products)
+      auto multiply = [&](auto&& fragment) {
         for (int j0 = kg + reg_ksteps; j0 < count; j0 += kChains * k_groups) {
-          uint32_t a[kChains][4], f[kChains][2];
 #pragma unroll
           for (int c = 0; c < kChains; ++c) {
             const int jj = j0 + c * k_groups;
             if (jj >= count) break;
-            ldmatrix_x4(a[c], a_src + jj * 32 * rows);
-            fragment(ks0 + jj, f[c]);
+            uint32_t a[4], f[2];
+            ldmatrix_x4(a, a_src + jj * 32 * rows);
+            fragment(ks0 + jj, f);
+            M::mma(acc[c], a, f, p.allow_tf32);
           }
-#pragma unroll
-          for (int c = 0; c < kChains; ++c)
-            if (j0 + c * k_groups < count) M::mma(acc[c], a[c], f[c], p.allow_tf32);
         }
       };
       auto resident = [&](int ks, uint32_t (&f)[2]) {
@@ -327,7 +329,7 @@ template <class Cell, class T>
 const char* make_multi_backward_plan(multi::Plan& plan, const BackwardParams& p, const DeviceLimits& device) {
   return multi::make_plan(plan, true, Cell::kGatesR, sizeof(T), p.batch, p.heads, p.head_dim, device.smem_per_block,
                           device.smem_per_sm, device.sm_count, multi::backward_ring(device), false,
-                          !multi::turned_off("FLASHRNN_BACKWARD_REGISTERS"));
+                          multi::env_is("FLASHRNN_BACKWARD_REGISTERS", "1"));
 }
 
 // The L2 variant's plan for p on `device` (`plan` and `why` from make_multi_backward_plan),

@@ -37,7 +37,8 @@ constexpr int tagged_block_bytes(int rows) { return rows * kUnits * kTaggedEleme
 constexpr int register_steps(int esize) { return esize == 4 ? 2 : 6; }
 // Backward, where a CTA has an SM to itself and the step's stage is one chunk: a warp's k-steps
 // whose R fragments sit in registers (kernel launch bounds of one CTA per SM: 48 registers in
-// 16-bit, all of R's slice at 768 x 1 LSTM, so the product reads only dg from shared memory).
+// 16-bit, all of R's slice at 768 x 1 LSTM, so the product reads only dg from shared memory; the
+// launch asks for it only with FLASHRNN_BACKWARD_REGISTERS=1 so far: multi_backward.cuh).
 constexpr int backward_register_steps(int esize) { return esize == 4 ? 8 : 24; }
 constexpr int kSmemPerCtaReserve = 1024;  // the driver's per-CTA reservation
 

@@ -172,9 +172,9 @@ constexpr const char* fill_memory(Plan& p, bool backward, int gates_r, int esize
 // Fills `plan` for a forward (backward = false) or backward pass; returns nullptr, or why the shape
 // cannot run in this family on this device. `ring`: the backward may stage through a ring of
 // buffers (stage_chunks); `tagged`: the forward's h in tagged words (16-bit; its stage rows twice
-// as long); `registers`: the backward may keep R's fragments in registers (fill_memory). esize: bytes per element; n-tiles per k-step: the forward multiplies h by every
-// recurrent gate's slice (gates_r tiles), the backward multiplies dg by R^T restricted to the CTA's
-// units (one tile).
+// as long); `registers`: the backward may keep R's fragments in registers (fill_memory). esize:
+// bytes per element; n-tiles per k-step: the forward multiplies h by every recurrent gate's slice
+// (gates_r tiles), the backward multiplies dg by R^T restricted to the CTA's units (one tile).
 constexpr const char* make_plan(Plan& p, bool backward, int gates_r, int esize, long long batch, long long heads,
                                 long long head_dim, int smem_per_block, int smem_per_sm, int sm_count,
                                 bool ring = false, bool tagged = false, bool registers = true) {

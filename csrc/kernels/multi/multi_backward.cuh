@@ -324,6 +324,14 @@ __global__ void __launch_bounds__(multi::kThreads + (kProducer ? 32 : 0),
   if (multicast) cluster_sync();  // no CTA leaves while its copies may still be landing in a peer
 }
 
+// The kernel instantiation `plan` runs: with the producer warp, with R in registers, or neither.
+template <class Cell, class T>
+auto multi_backward_kernel_for(const multi::Plan& plan) {
+  return plan.producer          ? multi_backward_kernel<Cell, T, true>
+         : plan.reg_ksteps > 0 ? multi_backward_kernel<Cell, T, false, true>
+                                : multi_backward_kernel<Cell, T, false>;
+}
+
 // The L2 variant's backward plan before its launch is planned (plan.h), or why it cannot run.
 template <class Cell, class T>
 const char* make_multi_backward_plan(multi::Plan& plan, const BackwardParams& p, const DeviceLimits& device) {
@@ -352,12 +360,12 @@ multi::Plan multi_backward_plan(multi::Plan plan, const char* why, const Backwar
   plan.producer = ring && plan.slots < plan.chunks && !p.recurrent_cut && plan.ctas <= device.sm_count &&
                   !multi::turned_off("FLASHRNN_PRODUCER");
   if (plan.producer) {
-    const multi::Plan launched = multi::launch_plan(multi_backward_kernel<Cell, T, true>, plan, device, "multi_backward_kernel");
+    const multi::Plan launched =
+        multi::launch_plan(multi_backward_kernel_for<Cell, T>(plan), plan, device, "multi_backward_kernel");
     if (launched.cluster > 1) return copies(launched);  // else per-CTA copies: every warp copies its rows
     plan.producer = false;
   }
-  const auto kernel = plan.reg_ksteps > 0 ? multi_backward_kernel<Cell, T, false, true> : multi_backward_kernel<Cell, T, false>;
-  return copies(multi::launch_plan(kernel, plan, device, "multi_backward_kernel"));
+  return copies(multi::launch_plan(multi_backward_kernel_for<Cell, T>(plan), plan, device, "multi_backward_kernel"));
 }
 
 template <class Cell, class T>
@@ -407,10 +415,7 @@ void launch_multi_backward(const BackwardParams& p, const DeviceLimits& device, 
   }
   const multi::Plan plan = multi_backward_plan<Cell, T>(l2, why, p, device);
   clear_flags();
-  const auto kernel = plan.producer         ? multi_backward_kernel<Cell, T, true>
-                      : plan.reg_ksteps > 0 ? multi_backward_kernel<Cell, T, false, true>
-                                            : multi_backward_kernel<Cell, T, false>;
-  multi::launch_cooperative(kernel, plan, stream, "multi_backward_kernel", p, flags);
+  multi::launch_cooperative(multi_backward_kernel_for<Cell, T>(plan), plan, stream, "multi_backward_kernel", p, flags);
   if (plan.dr_columns == 0) launch_weight_grad<T>(p, Cell::kGatesR, Cell::kGatesB, p.workspace, stream);
 }
 

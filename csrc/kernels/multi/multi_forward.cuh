@@ -22,15 +22,15 @@
 // be overwritten then without the barrier: every CTA of the cluster has published h_{t-1}, after
 // its last read of h_{t-2}.)
 // Tagged (16-bit on sm_90 with copies in ranges, heads up to 768 units as a rule: switches.h
-// tagged_wanted; where its twice larger stage costs no extra wave): each 32-bit word of h travels in an 8-byte word beside its tag, t + 1 (cooperative.cuh
-// store_tagged), written with one relaxed store; the issuers poll the words of their range
-// themselves (wait_for_tags) and multicast them, tags and all, into hs, and the A fragments are
-// read from the data halves. No publish barrier, release or flag: the chain from h_t computed to
-// h_t staged in every CTA loses the release's MEMBAR and one L2 trip (768 x 1 bf16 B = 16 forward
-// 2.33 -> 2.01-2.04 ms on the H100; 1024 x 1 measured slower, 2.79 -> 3.16; perf-log.md,
-// twentieth session). The parity reuse holds as above:
-// a CTA's h_{t+1} depends on h_t of every CTA, each computed after that CTA's copies of h_{t-1}
-// had landed.
+// tagged_wanted; where its twice larger stage costs no extra wave): each 32-bit word of h travels
+// in an 8-byte word beside its tag, t + 1 (cooperative.cuh store_tagged), written with one relaxed
+// store; the issuers poll the words of their range themselves (wait_for_tags) and multicast them,
+// tags and all, into hs, and the A fragments are read from the data halves. No publish barrier,
+// release or flag: the chain from h_t computed to h_t staged in every CTA loses the release's
+// MEMBAR and one L2 trip (768 x 1 bf16 B = 16 forward 2.33 -> 2.01-2.04 ms on the H100; 1024 x 1
+// measured slower, 2.79 -> 3.16; perf-log.md, twentieth session). The parity reuse holds as
+// above: a CTA's h_{t+1} depends on h_t of every CTA, each computed after that CTA's copies of
+// h_{t-1} had landed.
 // Per step: wait for the flags and copy h_{t-1} into shared memory; warp (m-tile, k-group)
 // multiplies its rows by its k-steps of every gate's 8-unit slice of R (m16n8k16; 3xTF32 for
 // fp32; the R fragments of its first multi::register_steps k-steps held in registers for the whole
@@ -287,18 +287,12 @@ void launch_multi_forward(const ForwardParams& p, const DeviceLimits& device, cu
       cluster::launch_clusters(cluster_forward_kernel<Cell, T>, cplan, device, stream, "cluster_forward_kernel", p,
                                cplan))
     return;
-  // The tagged exchange where it is wanted and can run (16-bit on sm_90: it needs clusters, and a
-  // block must fit a piece a warp polls: 16 or 32 rows), else the flags'.
   auto plan_for = [&](multi::Plan& plan, bool tagged) {
     return multi::make_plan(plan, false, Cell::kGatesR, sizeof(T), p.batch, p.heads, p.head_dim, device.smem_per_block,
                             device.smem_per_sm, device.sm_count, false, tagged);
   };
-  // (tagged only where its larger stage costs no extra wave: a 1536 x 2 B = 64 head ran 8 waves of launches, not 4)
-  multi::Plan plan, tagged_plan;
+  multi::Plan plan;
   const char* why = plan_for(plan, false);
-  const bool tagged = sizeof(T) == 2 && device.cc_major >= 9 && why == nullptr && multi::tagged_wanted(plan.slices) &&
-                      plan_for(tagged_plan, true) == nullptr && tagged_plan.waves() == plan.waves() &&
-                      multi::tagged_block_bytes(tagged_plan.rows()) <= multi::kTagPieceBytes;
   if constexpr (sizeof(T) == 2) {
     if (cluster::wide_takes(cplan, false, Cell::kGatesR, sizeof(T), p.batch, p.heads, p.head_dim,
                             device.smem_per_block, why == nullptr ? &plan : nullptr, device.sm_count) &&
@@ -309,8 +303,15 @@ void launch_multi_forward(const ForwardParams& p, const DeviceLimits& device, cu
   FLASHRNN_CHECK(why == nullptr, "multi-CTA forward: " << why);
   const char* name = "multi_forward_kernel";
   const int wanted = multi::copy_wanted("FLASHRNN_FORWARD_COPY", plan.slices);
+  // The tagged exchange where it is wanted and can run (16-bit on sm_90: it needs clusters, and a
+  // block must fit a piece a warp polls: 16 or 32 rows), else the flags'; only where its larger
+  // stage costs no extra wave (a 1536 x 2 B = 64 head ran 8 waves of launches, not 4).
   if constexpr (sizeof(T) == 2) {
-    if (tagged) {  // copies of at most kTagPieceBytes (a warp polls their words together)
+    multi::Plan tagged_plan;
+    if (device.cc_major >= 9 && multi::tagged_wanted(plan.slices) && plan_for(tagged_plan, true) == nullptr &&
+        tagged_plan.waves() == plan.waves() &&
+        multi::tagged_block_bytes(tagged_plan.rows()) <= multi::kTagPieceBytes) {
+      // copies of at most kTagPieceBytes (a warp polls their words together)
       tagged_plan = multi::launch_plan(multi_forward_kernel<Cell, T, true>, tagged_plan, device, name);
       const int piece = multi::kTagPieceBytes / multi::tagged_block_bytes(tagged_plan.rows());
       tagged_plan.copy_blocks = multi::copy_blocks(plan.slices, tagged_plan.cluster, wanted < piece ? wanted : piece);
